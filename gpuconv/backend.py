@@ -1,0 +1,110 @@
+"""Backend choice and dispatch: the one place where ops meet kernels.
+
+Every backend is a module under ``gpuconv.kernels`` providing the names in
+``KERNELS`` (plus ``name``, ``xp``, the array module, and ``check_array``). Ops
+call ``kernels()`` and never look at which backend they got.
+
+The backend is chosen, most specific first, by ``use_backend(...)`` (a context
+manager, per block of code and thread), ``set_backend(...)`` (per process), or the
+environment variable ``GPUCONV_BACKEND``; the default is ``'auto'``.
+"""
+import contextlib
+import contextvars
+import importlib
+import os
+import sys
+
+KERNELS = (
+    "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
+    "pool2d_forward", "pool2d_backward",
+    "relu_forward", "relu_backward",
+)
+
+# Implemented backends, and GPU backends in the order 'auto' prefers them.
+_MODULES = {"cpu": "gpuconv.kernels.cpu"}
+_GPU_PREFERENCE = ("cupy", "numba")
+_PLANNED = ("numba", "cupy")  # named by the API, not implemented in this version
+BACKENDS = ("auto",) + tuple(_MODULES)
+ENV_VAR = "GPUCONV_BACKEND"
+
+_process_choice = None
+_block_choice = contextvars.ContextVar("gpuconv_backend", default=None)
+_auto_choice = None
+_loaded = {}
+
+
+def _checked(name, source="backend"):
+    if not isinstance(name, str):
+        raise TypeError(f"{source} must be a string, one of {BACKENDS}; got {name!r}")
+    key = name.strip().lower()
+    if key in BACKENDS:
+        return key
+    if key in _PLANNED:
+        raise ValueError(f"{source} {name!r} is not implemented in this version of gpuconv; "
+                         f"available: {', '.join(map(repr, BACKENDS))}")
+    raise ValueError(f"{source} must be one of {', '.join(map(repr, BACKENDS))}; got {name!r}")
+
+
+def set_backend(name):
+    """Choose the backend for this process: 'auto' or 'cpu' ('numba', 'cupy' later)."""
+    global _process_choice
+    _process_choice = _checked(name)
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Use a backend inside a ``with`` block (restored on exit; per thread and async task)."""
+    token = _block_choice.set(_checked(name))
+    try:
+        yield get_backend()
+    finally:
+        _block_choice.reset(token)
+
+
+def get_backend():
+    """Name of the concrete backend ops will run on now ('auto' resolved)."""
+    choice = _block_choice.get() or _process_choice
+    if choice is None:
+        env = os.environ.get(ENV_VAR)
+        choice = _checked(env, f"environment variable {ENV_VAR}") if env else "auto"
+    return _resolve_auto() if choice == "auto" else choice
+
+
+def kernels():
+    """The kernel module of the current backend."""
+    name = get_backend()
+    module = _loaded.get(name)
+    if module is None:
+        module = _loaded[name] = importlib.import_module(_MODULES[name])
+    return module
+
+
+def _resolve_auto():
+    """Pick a GPU backend when one is implemented and a CUDA GPU is present, else the CPU; say so once."""
+    global _auto_choice
+    if _auto_choice is None:
+        gpu_backends = [b for b in _GPU_PREFERENCE if b in _MODULES]
+        if gpu_backends and _cuda_gpu_present():
+            _auto_choice, why = gpu_backends[0], "a CUDA GPU is present"
+        else:
+            _auto_choice = "cpu"
+            why = "no CUDA GPU found" if gpu_backends else "no GPU backend in this version"
+        print(f"gpuconv: backend 'auto' chose {_auto_choice!r} ({why})", file=sys.stderr)
+    return _auto_choice
+
+
+def _cuda_gpu_present():
+    try:
+        from numba import cuda
+        return bool(cuda.is_available())
+    except Exception:  # no numba-cuda, no driver: no usable GPU
+        return False
+
+
+def array_module(array):
+    """NumPy for host arrays, CuPy for CuPy arrays (imported only when one is seen)."""
+    if type(array).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    import numpy
+    return numpy

@@ -1,0 +1,149 @@
+"""Functional ops: arrays or Tensors in, Tensor out. Activations are NCHW, conv weights KCRS.
+
+Arguments are checked and normalized here, once for every backend; the op
+classes then call the active backend's kernels (``gpuconv.backend.kernels()``)
+and keep that backend for their backward pass.
+"""
+from gpuconv import backend
+from gpuconv.geometry import as_pair, check_extent_fits, check_float_array, output_hw, resolve_padding
+from gpuconv.tensor import Function, as_tensor
+
+
+class Conv2d(Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, relu):
+        kern = ctx.kernels = backend.kernels()
+        y = kern.conv2d_forward(x, weight, bias, stride, padding, dilation, relu=relu)
+        ctx.save_for_backward(x, weight, y if relu else None)
+        ctx.geometry = stride, padding, dilation
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, y = ctx.saved_tensors
+        kern = ctx.kernels
+        if y is not None:  # fused ReLU
+            dy = kern.relu_backward(dy, y)
+        needs_x, needs_w, needs_b = ctx.needs_input_grad
+        dx = kern.conv2d_backward_input(dy, weight, x.shape, *ctx.geometry) if needs_x else None
+        dw = kern.conv2d_backward_weight(dy, x, weight.shape, *ctx.geometry) if needs_w else None
+        db = dy.sum(axis=(0, 2, 3)) if needs_b else None
+        return dx, dw, db
+
+
+class Pool2d(Function):
+    @staticmethod
+    def forward(ctx, x, mode, pool, stride, padding):
+        kern = ctx.kernels = backend.kernels()
+        y, argmax = kern.pool2d_forward(x, mode, pool, stride, padding)
+        ctx.save_for_backward(argmax)
+        ctx.params = x.shape, mode, pool, stride, padding
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (argmax,) = ctx.saved_tensors
+        return (ctx.kernels.pool2d_backward(dy, argmax, *ctx.params),)
+
+
+class ReLU(Function):
+    @staticmethod
+    def forward(ctx, x):
+        kern = ctx.kernels = backend.kernels()
+        y = kern.relu_forward(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensors
+        return (ctx.kernels.relu_backward(dy, y),)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, activation=None):
+    """2-D cross-correlation (deep-learning convolution) of NCHW ``x`` with KCRS ``weight``.
+
+    x: (N, C, H, W); weight: (K, C, R, S); bias: (K,) or None  ->  (N, K, OH, OW), with
+    ``OH = floor((H + pad_top + pad_bottom - dilation*(R-1) - 1) / stride) + 1`` (same for OW).
+
+    padding: an int, ``(ph, pw)``, ``((top, bottom), (left, right))``, ``'valid'`` or
+    ``'same'``. ``'same'`` is Keras/TensorFlow's: output ``ceil(H / stride)``, and when
+    the total padding is odd the extra row/column goes at the bottom/right (also for
+    stride > 1). ``activation='relu'`` fuses a ReLU into the kernel's epilogue.
+    """
+    x, weight = as_tensor(x), as_tensor(weight)
+    bias = None if bias is None else as_tensor(bias)
+    kern = backend.kernels()
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if t is not None:
+            kern.check_array(t.data, name)
+    check_float_array(x.data, "x", 4, "NCHW")
+    check_float_array(weight.data, "weight", 4, "KCRS")
+    N, C, H, W = x.shape
+    K, Cw, R, S = weight.shape
+    if Cw != C:
+        raise ValueError(f"weight has {Cw} input channels but x has {C} (x is NCHW {x.shape}, "
+                         f"weight is KCRS {weight.shape})")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight has dtype {weight.dtype} but x has dtype {x.dtype}; cast one of them")
+    if bias is not None:
+        check_float_array(bias.data, "bias", 1)
+        if bias.shape != (K,) or bias.dtype != x.dtype:
+            raise ValueError(f"bias must have shape ({K},) and dtype {x.dtype}, got {bias.shape} {bias.dtype}")
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
+    extent = (dilation[0] * (R - 1) + 1, dilation[1] * (S - 1) + 1)
+    pads = resolve_padding(padding, (H, W), extent, stride)
+    check_extent_fits((H, W), pads, extent, f"kernel {R}x{S}")
+    return Conv2d.apply(x, weight, bias, stride=stride, padding=pads, dilation=dilation,
+                        relu=activation == "relu")
+
+
+def max_pool2d(x, pool_size=2, strides=None, padding="valid"):
+    """Max pooling of NCHW ``x`` -> (N, C, OH, OW), with Keras's arguments.
+
+    ``strides`` defaults to ``pool_size``; windows may overlap (stride < pool).
+    ``padding``: 'valid' (OH = floor((H - pool) / stride) + 1) or 'same'
+    (OH = ceil(H / stride), padded with -inf, so padding is never chosen).
+    Ties: the gradient goes to the first maximum in row-major window order.
+    """
+    return _pool2d(x, "max", pool_size, strides, padding)
+
+
+def avg_pool2d(x, pool_size=2, strides=None, padding="valid"):
+    """Average pooling of NCHW ``x`` -> (N, C, OH, OW); arguments as ``max_pool2d``.
+
+    With 'same' each output averages only the real (unpadded) elements, as Keras does.
+    """
+    return _pool2d(x, "avg", pool_size, strides, padding)
+
+
+def _pool2d(x, mode, pool_size, strides, padding):
+    x = as_tensor(x)
+    kern = backend.kernels()
+    kern.check_array(x.data, "x")
+    check_float_array(x.data, "x", 4, "NCHW")
+    pool = as_pair(pool_size, "pool_size")
+    stride = pool if strides is None else as_pair(strides, "strides")
+    H, W = x.shape[2:]
+    pads = resolve_padding(padding, (H, W), pool, stride, allow_explicit=False)
+    check_extent_fits((H, W), pads, pool, f"pool window {pool[0]}x{pool[1]}")
+    return Pool2d.apply(x, mode=mode, pool=pool, stride=stride, padding=pads)
+
+
+def relu(x):
+    """max(x, 0) elementwise, any shape; the gradient is 0 where x <= 0."""
+    x = as_tensor(x)
+    backend.kernels().check_array(x.data, "x")
+    check_float_array(x.data, "x")
+    return ReLU.apply(x)
+
+
+def conv2d_output_shape(x_shape, weight_shape, stride=1, padding=0, dilation=1):
+    """Shape ``conv2d`` returns for these shapes and arguments, without computing it."""
+    (N, _, H, W), (K, _, R, S) = x_shape, weight_shape
+    stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
+    extent = (dilation[0] * (R - 1) + 1, dilation[1] * (S - 1) + 1)
+    pads = resolve_padding(padding, (H, W), extent, stride)
+    return (N, K) + output_hw((H, W), pads, (R, S), stride, dilation)

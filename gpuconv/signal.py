@@ -1,0 +1,117 @@
+"""2-D correlation and convolution with scipy.signal's semantics, computed by our conv kernels.
+
+``correlate2d`` and ``convolve2d`` accept the same ``mode`` ('full', 'same',
+'valid'), ``boundary`` ('fill', 'wrap', 'symm') and ``fillvalue`` as
+``scipy.signal`` and return the same values and shape. Real inputs only.
+Integer and boolean inputs are computed in float64 and cast back to the
+integer result type, as scipy returns them (exact while sums stay below 2**53).
+
+The lecture filters are named constants (3x3, float32), to be used with
+``correlate2d`` the way the lecture applies them (``convolve2d`` flips them).
+"""
+import numpy as np
+
+from gpuconv import backend
+
+_MODES = ("full", "same", "valid")
+_BOUNDARIES = {"fill": "constant", "pad": "constant", "wrap": "wrap", "circular": "wrap",
+               "symm": "symmetric", "symmetric": "symmetric"}
+
+
+def _filter(rows, scale=1.0):
+    array = np.array(rows, np.float32) * np.float32(scale)
+    array.setflags(write=False)
+    return array
+
+
+SHARPEN = _filter([[0, -1, 0], [-1, 5, -1], [0, -1, 0]])
+LAPLACIAN = _filter([[0, 1, 0], [1, -4, 1], [0, 1, 0]])
+EMBOSS = _filter([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]])
+OUTLINE = _filter([[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]])
+SOBEL_TOP = _filter([[1, 2, 1], [0, 0, 0], [-1, -2, -1]])
+SOBEL_BOTTOM = _filter([[-1, -2, -1], [0, 0, 0], [1, 2, 1]])
+SOBEL_LEFT = _filter([[1, 0, -1], [2, 0, -2], [1, 0, -1]])
+SOBEL_RIGHT = _filter([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]])
+GAUSSIAN_BLUR = _filter([[1, 2, 1], [2, 4, 2], [1, 2, 1]], 1 / 16)
+BOX_BLUR = _filter([[1, 1, 1], [1, 1, 1], [1, 1, 1]], 1 / 9)
+
+FILTERS = {
+    "sharpen": SHARPEN, "laplacian": LAPLACIAN, "emboss": EMBOSS, "outline": OUTLINE,
+    "sobel_top": SOBEL_TOP, "sobel_bottom": SOBEL_BOTTOM, "sobel_left": SOBEL_LEFT,
+    "sobel_right": SOBEL_RIGHT, "gaussian_blur": GAUSSIAN_BLUR, "box_blur": BOX_BLUR,
+}
+
+
+def correlate2d(in1, in2, mode="full", boundary="fill", fillvalue=0):
+    """Cross-correlation of 2-D arrays, as ``scipy.signal.correlate2d``."""
+    in1, in2, mode, pad_mode = _check(in1, in2, mode, boundary)
+    swapped = mode == "valid" and _valid_swap_needed(in1.shape, in2.shape)
+    if swapped:
+        in1, in2 = in2, in1
+    # 'same' is centred on the 'full' result; scipy's centre for correlation is at k//2
+    offsets = {"full": (0, 0), "same": (in2.shape[0] // 2, in2.shape[1] // 2),
+               "valid": (in2.shape[0] - 1, in2.shape[1] - 1)}[mode]
+    out = _correlate_region(in1, in2, mode, offsets, pad_mode, fillvalue)
+    return out[::-1, ::-1] if swapped else out
+
+
+def convolve2d(in1, in2, mode="full", boundary="fill", fillvalue=0):
+    """Convolution of 2-D arrays (correlation with the flipped kernel), as ``scipy.signal.convolve2d``."""
+    in1, in2, mode, pad_mode = _check(in1, in2, mode, boundary)
+    if mode == "valid" and _valid_swap_needed(in1.shape, in2.shape):
+        in1, in2 = in2, in1  # convolution commutes
+    flipped = in2[::-1, ::-1]
+    # scipy's centre for convolution is at (k-1)//2
+    offsets = {"full": (0, 0), "same": ((in2.shape[0] - 1) // 2, (in2.shape[1] - 1) // 2),
+               "valid": (in2.shape[0] - 1, in2.shape[1] - 1)}[mode]
+    return _correlate_region(in1, flipped, mode, offsets, pad_mode, fillvalue)
+
+
+def _correlate_region(in1, kernel, mode, offsets, pad_mode, fillvalue):
+    """Rows/cols ``offsets + [0, out)`` of the 'full' correlation of in1 (extended by ``pad_mode``) with kernel."""
+    xp = backend.array_module(in1)
+    (M1, N1), (M2, N2) = in1.shape, kernel.shape
+    out_shape = {"full": (M1 + M2 - 1, N1 + N2 - 1), "same": (M1, N1),
+                 "valid": (M1 - M2 + 1, N1 - N2 + 1)}[mode]
+    # 'full' index i reads extended-input rows i - (M2-1) .. i, so pad to cover the region asked for
+    pads = tuple((k - 1 - off, off + out - size)
+                 for k, off, out, size in zip((M2, N2), offsets, out_shape, (M1, N1)))
+    result_dtype = np.result_type(in1.dtype, kernel.dtype)
+    work_dtype = np.dtype(result_dtype if result_dtype in (np.float32, np.float64) else
+                          np.float32 if result_dtype == np.float16 else np.float64)
+    image = in1.astype(work_dtype, copy=False)
+    if pad_mode == "constant":
+        image = xp.pad(image, pads, mode="constant", constant_values=work_dtype.type(fillvalue))
+    else:
+        image = xp.pad(image, pads, mode=pad_mode)
+    weight = xp.ascontiguousarray(kernel.astype(work_dtype, copy=False))
+    kern = backend.kernels()
+    out = kern.conv2d_forward(image[None, None], weight[None, None], None, (1, 1), ((0, 0), (0, 0)), (1, 1))
+    return out[0, 0].astype(result_dtype, copy=False)
+
+
+def _check(in1, in2, mode, boundary):
+    xp = backend.array_module(in1)
+    in1, in2 = xp.asarray(in1), xp.asarray(in2)
+    for name, array in (("in1", in1), ("in2", in2)):
+        if array.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D array, got shape {tuple(array.shape)}")
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"{name} has dtype {array.dtype}; gpuconv.signal takes real arrays")
+        if array.size == 0:
+            raise ValueError(f"{name} must not be empty, got shape {tuple(array.shape)}")
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if boundary not in _BOUNDARIES:
+        raise ValueError(f"boundary must be 'fill', 'wrap' or 'symm', got {boundary!r}")
+    return in1, in2, mode, _BOUNDARIES[boundary]
+
+
+def _valid_swap_needed(shape1, shape2):
+    """scipy's rule for 'valid': the larger input goes first; one must contain the other."""
+    first_fits = all(a >= b for a, b in zip(shape1, shape2))
+    second_fits = all(b >= a for a, b in zip(shape1, shape2))
+    if not (first_fits or second_fits):
+        raise ValueError("for mode 'valid', one input must be at least as large as the other in every "
+                         f"dimension; got in1 {tuple(shape1)} and in2 {tuple(shape2)}")
+    return not first_fits

@@ -1,0 +1,307 @@
+"""A small reverse-mode autograd: ``Tensor`` plus one ``Function`` class per op.
+
+Each op is a ``Function`` subclass with ``forward(ctx, *arrays, **params)`` and
+``backward(ctx, grad)`` side by side; ``forward`` keeps what the backward needs
+with ``ctx.save_for_backward``. ``Tensor.backward`` runs the graph in reverse
+topological order and accumulates gradients with ``+``, so a tensor used twice
+receives both contributions. Gradients are stored on leaves (tensors created by
+the user with ``requires_grad=True``) and add up across ``backward`` calls.
+
+Arrays are NumPy arrays (CuPy arrays once a GPU backend is active); the generic
+ops here use the array's own module, so they are written once for both.
+"""
+import contextlib
+
+import numpy as np
+
+from gpuconv.backend import array_module
+
+_grad_enabled = True
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Run ops without recording a graph (inference)."""
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+class Function:
+    """Base of every op. ``apply`` runs ``forward`` on arrays and links the result into the graph."""
+
+    def __init__(self, inputs):
+        self.inputs = inputs
+        self.needs_input_grad = tuple(isinstance(t, Tensor) and t.requires_grad for t in inputs)
+        self.saved_tensors = ()
+
+    def save_for_backward(self, *arrays):
+        self.saved_tensors = arrays
+
+    @classmethod
+    def apply(cls, *inputs, **params):
+        """``inputs`` are Tensors (or None for an absent optional input); ``params`` are plain values."""
+        ctx = cls(inputs)
+        arrays = [t.data if isinstance(t, Tensor) else t for t in inputs]
+        out = Tensor(cls.forward(ctx, *arrays, **params))
+        if _grad_enabled and any(ctx.needs_input_grad):
+            out.requires_grad = True
+            out._ctx = ctx
+        return out
+
+    @staticmethod
+    def forward(ctx, *arrays, **params):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, grad):
+        """Return one gradient (or None) per input of ``forward``."""
+        raise NotImplementedError
+
+
+class Tensor:
+    """An array with an optional gradient.
+
+    ``Tensor(data, requires_grad=False)``: ``data`` is kept as given when it is a
+    NumPy/CuPy array; Python numbers and lists become arrays, with floats as
+    float32 (the library's working precision).
+    """
+
+    __array_priority__ = 1000  # make ndarray <op> Tensor defer to Tensor
+
+    def __init__(self, data, requires_grad=False):
+        if isinstance(data, Tensor):
+            data = data.data
+        elif isinstance(data, np.generic):  # NumPy scalars (e.g. from a full sum) keep their dtype
+            data = np.asarray(data)
+        elif not (isinstance(data, np.ndarray) or hasattr(data, "__cuda_array_interface__")):
+            data = np.asarray(data)
+            if data.dtype == np.float64:
+                data = data.astype(np.float32)
+        if requires_grad and data.dtype.kind != "f":
+            raise TypeError(f"requires_grad needs a floating-point tensor, got dtype {data.dtype}")
+        self.data = data
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._ctx = None
+
+    # ----------------------------------------------------------------- properties
+    shape = property(lambda self: tuple(self.data.shape))
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: int(self.data.size))
+
+    def numpy(self):
+        """The data as a host NumPy array."""
+        return self.data.get() if hasattr(self.data, "get") and not isinstance(self.data, np.ndarray) else self.data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor(shape={self.shape}, dtype={self.dtype}{grad})"
+
+    # ----------------------------------------------------------------- autograd
+    def backward(self, grad=None):
+        """Accumulate d(self)/d(leaf) * grad into every leaf's ``.grad``.
+
+        ``grad`` defaults to 1 for a single-element tensor.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad")
+        xp = array_module(self.data)
+        if grad is None:
+            if self.size != 1:
+                raise ValueError(f"grad must be given for a non-scalar tensor of shape {self.shape}")
+            grad = xp.ones_like(self.data)
+        grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+        if grad.shape != self.data.shape:
+            raise ValueError(f"grad has shape {grad.shape}, expected {self.shape}")
+
+        grads = {id(self): grad}
+        for node in reversed(self._topological_order()):
+            g = grads.pop(id(node), None)
+            if g is None:
+                continue
+            if node._ctx is None:
+                node.grad = g if node.grad is None else node.grad + g
+                continue
+            input_grads = type(node._ctx).backward(node._ctx, g)
+            for parent, needs, pg in zip(node._ctx.inputs, node._ctx.needs_input_grad, input_grads):
+                if needs and pg is not None:
+                    key = id(parent)
+                    grads[key] = pg if key not in grads else grads[key] + pg
+
+    def _topological_order(self):
+        order, visited, stack = [], set(), [(self, False)]
+        while stack:  # iterative DFS: deep graphs do not hit the recursion limit
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            stack.append((node, True))
+            if node._ctx is not None:
+                stack.extend((p, False) for p in node._ctx.inputs
+                             if isinstance(p, Tensor) and p.requires_grad and id(p) not in visited)
+        return order
+
+    # ----------------------------------------------------------------- arithmetic
+    def _lift(self, other):
+        if isinstance(other, Tensor):
+            return other
+        xp = array_module(self.data)
+        return Tensor(xp.asarray(other, dtype=self.dtype))
+
+    def __add__(self, other): return Add.apply(self, self._lift(other))
+    def __radd__(self, other): return Add.apply(self._lift(other), self)
+    def __sub__(self, other): return Add.apply(self, Neg.apply(self._lift(other)))
+    def __rsub__(self, other): return Add.apply(self._lift(other), Neg.apply(self))
+    def __neg__(self): return Neg.apply(self)
+    def __mul__(self, other): return Mul.apply(self, self._lift(other))
+    def __rmul__(self, other): return Mul.apply(self._lift(other), self)
+    def __truediv__(self, other): return Div.apply(self, self._lift(other))
+    def __rtruediv__(self, other): return Div.apply(self._lift(other), self)
+    def __matmul__(self, other): return MatMul.apply(self, self._lift(other))
+    def __rmatmul__(self, other): return MatMul.apply(self._lift(other), self)
+
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return Reshape.apply(self, shape=tuple(shape))
+
+    def transpose(self, *axes):
+        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        return Transpose.apply(self, axes=tuple(axes) if axes else None)
+
+    @property
+    def T(self):
+        return self.transpose()
+
+    def sum(self, axis=None, keepdims=False):
+        return Sum.apply(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        axes = range(self.ndim) if axis is None else (axis,) if isinstance(axis, int) else axis
+        count = int(np.prod([self.shape[a] for a in axes]))
+        return self.sum(axis=axis, keepdims=keepdims) * (1.0 / count)
+
+
+def as_tensor(value):
+    """A Tensor as is; an array or number wrapped (no copy of arrays)."""
+    return value if isinstance(value, Tensor) else Tensor(value)
+
+
+def _unbroadcast(grad, shape):
+    """Sum ``grad`` down to ``shape`` (undoing NumPy broadcasting)."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    grad = grad.sum(axis=tuple(range(extra))) if extra else grad
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    return grad.sum(axis=axes, keepdims=True) if axes else grad
+
+
+class Add(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = a.shape, b.shape
+        return a + b
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _unbroadcast(grad, ctx.shapes[0]), _unbroadcast(grad, ctx.shapes[1])
+
+
+class Neg(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return -a
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (-grad,)
+
+
+class Mul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        return _unbroadcast(grad * b, a.shape), _unbroadcast(grad * a, b.shape)
+
+
+class Div(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        return _unbroadcast(grad / b, a.shape), _unbroadcast(-grad * a / (b * b), b.shape)
+
+
+class MatMul(Function):
+    """(..., m, k) @ (..., k, n); both operands at least 2-D."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        if a.ndim < 2 or b.ndim < 2:
+            raise ValueError(f"matmul needs operands of at least 2 dimensions, got shapes {a.shape} and {b.shape}")
+        ctx.save_for_backward(a, b)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        return (_unbroadcast(grad @ b.swapaxes(-1, -2), a.shape),
+                _unbroadcast(a.swapaxes(-1, -2) @ grad, b.shape))
+
+
+class Reshape(Function):
+    @staticmethod
+    def forward(ctx, a, shape):
+        ctx.in_shape = a.shape
+        return a.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (grad.reshape(ctx.in_shape),)
+
+
+class Transpose(Function):
+    @staticmethod
+    def forward(ctx, a, axes):
+        ctx.axes = axes
+        return a.transpose(axes)
+
+    @staticmethod
+    def backward(ctx, grad):
+        inverse = None if ctx.axes is None else tuple(np.argsort(ctx.axes))
+        return (grad.transpose(inverse),)
+
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx, a, axis, keepdims):
+        ctx.in_shape, ctx.axis, ctx.keepdims = a.shape, axis, keepdims
+        return a.sum(axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xp = array_module(grad)
+        if not ctx.keepdims and ctx.axis is not None:
+            axes = (ctx.axis,) if isinstance(ctx.axis, int) else ctx.axis
+            grad = xp.expand_dims(grad, tuple(a % len(ctx.in_shape) for a in axes))
+        return (xp.broadcast_to(grad, ctx.in_shape).copy(),)

@@ -1,0 +1,100 @@
+"""Independent float64 references: scipy.signal and plain NumPy loops, never our kernels."""
+import numpy as np
+from scipy import signal
+
+
+def conv2d(x, w, b=None, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), relu=False):
+    """Sum over input channels of scipy.signal.correlate2d on the explicitly padded input.
+
+    Dilation is a kernel with zeros inserted; stride subsamples the stride-1 result.
+    """
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    N, C = x.shape[:2]
+    K, _, R, S = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0)) + tuple(padding))
+    wd = np.zeros((K, C, (R - 1) * dilation[0] + 1, (S - 1) * dilation[1] + 1))
+    wd[:, :, ::dilation[0], ::dilation[1]] = w
+    out = None
+    for n in range(N):
+        for k in range(K):
+            plane = sum(signal.correlate2d(xp[n, c], wd[k, c], mode="valid") for c in range(C))
+            plane = plane[::stride[0], ::stride[1]]
+            if out is None:
+                out = np.zeros((N, K) + plane.shape)
+            out[n, k] = plane
+    if b is not None:
+        out += np.asarray(b, np.float64)[None, :, None, None]
+    return np.maximum(out, 0) if relu else out
+
+
+def pool2d(x, mode, pool, stride, padding):
+    """Plain loops; padded positions are ignored (never the max, not counted in the average)."""
+    x = np.asarray(x, np.float64)
+    N, C, H, W = x.shape
+    (pt, pb), (pl, pr) = padding
+    OH = (H + pt + pb - pool[0]) // stride[0] + 1
+    OW = (W + pl + pr - pool[1]) // stride[1] + 1
+    out = np.zeros((N, C, OH, OW))
+    for oh in range(OH):
+        for ow in range(OW):
+            h0, w0 = oh * stride[0] - pt, ow * stride[1] - pl
+            win = x[:, :, max(h0, 0):h0 + pool[0], max(w0, 0):w0 + pool[1]]
+            out[:, :, oh, ow] = win.max(axis=(2, 3)) if mode == "max" else win.mean(axis=(2, 3))
+    return out
+
+
+def numerical_grad(f, array, eps=1e-6):
+    """Float64 central differences of the scalar f() with respect to every element of ``array`` (in place)."""
+    grad = np.zeros_like(array, dtype=np.float64)
+    flat, gflat = array.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = f()
+        flat[i] = old - eps
+        down = f()
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * eps)
+    return grad
+
+
+def tf_same_padding(in_size, kernel, stride, dilation=1):
+    """TensorFlow's 'SAME' rule, written out independently: (before, after) with the odd pixel after."""
+    out = (in_size + stride - 1) // stride
+    effective = (kernel - 1) * dilation + 1
+    total = max(0, (out - 1) * stride + effective - in_size)
+    return total // 2, total - total // 2
+
+
+def explicit_padding(padding, in_hw, kernel_hw, stride, dilation=(1, 1)):
+    """Any padding form of the public API -> ((top, bottom), (left, right)), for the references."""
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding == "same":
+        return tuple(tf_same_padding(i, k, s, d) for i, k, s, d in zip(in_hw, kernel_hw, stride, dilation))
+    if isinstance(padding, int):
+        return (padding, padding), (padding, padding)
+    if isinstance(padding[0], int):
+        return (padding[0], padding[0]), (padding[1], padding[1])
+    return tuple(tuple(p) for p in padding)
+
+
+def pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def check_gradients(fn, arrays, rtol=1e-5, atol=1e-7, seed=0):
+    """Compare autograd gradients of sum(fn(*tensors) * G) with float64 central differences, every element."""
+    import gpuconv
+    arrays = [np.array(a, np.float64) for a in arrays]
+    tensors = [gpuconv.Tensor(a, requires_grad=True) for a in arrays]
+    out = fn(*tensors)
+    weights = np.random.default_rng(seed).standard_normal(out.shape)
+    out.backward(weights)
+
+    def loss():
+        return float((fn(*[gpuconv.Tensor(a) for a in arrays]).numpy() * weights).sum())
+
+    for i, (array, tensor) in enumerate(zip(arrays, tensors)):
+        expected = numerical_grad(loss, array)
+        np.testing.assert_allclose(tensor.grad, expected, rtol=rtol, atol=atol, err_msg=f"input {i}")

@@ -1,0 +1,87 @@
+"""Backend choice: per process, per block, by environment; dispatch in one place."""
+import subprocess
+import sys
+
+import pytest
+
+import gpuconv
+from gpuconv import backend
+
+
+def test_every_backend_provides_the_same_kernels():
+    for name in backend.BACKENDS[1:]:
+        module = __import__(backend._MODULES[name], fromlist=["*"])
+        missing = [k for k in backend.KERNELS if not callable(getattr(module, k, None))]
+        assert not missing, f"backend {name} lacks {missing}"
+        assert module.name == name and callable(module.check_array)
+
+
+def test_use_backend_restores_previous_choice():
+    before = gpuconv.get_backend()
+    with gpuconv.use_backend("cpu") as active:
+        assert active == "cpu" == gpuconv.get_backend()
+    assert gpuconv.get_backend() == before
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    ("tpu", ValueError, r"backend must be one of 'auto', 'cpu'; got 'tpu'"),
+    ("numba", ValueError, r"'numba' is not implemented in this version"),
+    ("cupy", ValueError, r"'cupy' is not implemented in this version"),
+    (3, TypeError, r"backend must be a string"),
+])
+def test_bad_backend_names(bad, error, match):
+    with pytest.raises(error, match=match):
+        gpuconv.set_backend(bad)
+    with pytest.raises(error, match=match):
+        with gpuconv.use_backend(bad):
+            pass
+
+
+def run_python(code, **env):
+    import os
+    full_env = {k: v for k, v in os.environ.items() if k != "GPUCONV_BACKEND"}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env)
+
+
+def test_auto_says_once_what_it_chose():
+    result = run_python("import gpuconv, numpy as np; import gpuconv.functional as F\n"
+                        "F.relu(np.ones(3, np.float32)); F.relu(np.ones(3, np.float32))\n"
+                        "print(gpuconv.get_backend())")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "cpu"
+    assert result.stderr.count("gpuconv: backend 'auto' chose 'cpu'") == 1
+
+
+def test_environment_variable():
+    ok = run_python("import gpuconv; print(gpuconv.get_backend())", GPUCONV_BACKEND="cpu")
+    assert ok.stdout.strip() == "cpu" and "auto" not in ok.stderr
+    bad = run_python("import gpuconv; gpuconv.get_backend()", GPUCONV_BACKEND="gpu")
+    assert bad.returncode != 0 and "environment variable GPUCONV_BACKEND must be one of" in bad.stderr
+
+
+def test_set_backend_per_process():
+    result = run_python("import gpuconv; gpuconv.set_backend('CPU'); print(gpuconv.get_backend())",
+                        GPUCONV_BACKEND="auto")
+    assert result.stdout.strip() == "cpu" and "chose" not in result.stderr
+
+
+def test_forward_and_backward_use_the_forward_backend(monkeypatch):
+    """Ops keep the backend module that ran their forward for the backward pass."""
+    import numpy as np
+    import gpuconv.functional as F
+    calls = []
+    real = backend.kernels()
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(backend, "kernels", lambda: Spy())
+    x = gpuconv.Tensor(np.ones((1, 1, 4, 4)), requires_grad=True)
+    y = F.max_pool2d(F.relu(F.conv2d(x, np.ones((1, 1, 3, 3)), padding="same")))
+    monkeypatch.setattr(backend, "kernels", lambda: pytest.fail("backward must not re-dispatch"))
+    y.sum().backward()
+    assert {"conv2d_forward", "relu_forward", "pool2d_forward", "relu_backward", "pool2d_backward",
+            "conv2d_backward_input"} <= set(calls)

@@ -1,0 +1,54 @@
+"""Index arithmetic: the shared helpers against brute force, and past 2**31 as plain Python and compiled."""
+import itertools
+
+import numpy as np
+from numba import njit
+
+from gpuconv.kernels import cpu, indexing
+
+
+def brute_valid_range(tap, pad, stride, in_size, out_size):
+    inside = [o for o in range(out_size) if 0 <= o * stride - pad + tap < in_size]
+    return (inside[0], inside[-1] + 1) if inside else None
+
+
+def test_valid_output_range_brute_force():
+    for tap, pad, stride, in_size, out_size in itertools.product(range(0, 7), range(0, 4), range(1, 4),
+                                                                 range(1, 8), range(0, 9)):
+        lo, hi = indexing.valid_output_range(tap, pad, stride, in_size, out_size)
+        expected = brute_valid_range(tap, pad, stride, in_size, out_size)
+        if expected is None:
+            assert lo == hi
+        else:
+            assert (lo, hi) == expected
+
+
+def test_clipped_window_brute_force():
+    for o, stride, pad, window, in_size in itertools.product(range(6), range(1, 4), range(3), range(1, 5),
+                                                             range(1, 9)):
+        lo, hi = indexing.clipped_window(o, stride, pad, window, in_size)
+        real = [t for t in range(window) if 0 <= o * stride - pad + t < in_size]
+        assert (lo, hi) == ((real[0], real[-1] + 1) if real else (lo, lo))
+
+
+def test_helpers_past_2_to_the_31_compiled_and_plain():
+    big = 3 * 2**31 + 5  # an axis (or flattened offset) beyond int32
+    compiled = njit(indexing.valid_output_range)
+    for f in (indexing.valid_output_range, compiled):
+        assert f(2, 1, 2, big, big) == (0, (big - 1 + 1 - 2) // 2 + 1)
+    assert njit(indexing.conv_output_size)(big, 2, 3, 1, 1) == big
+    assert njit(indexing.clipped_window)(big // 4, 2, 0, 4, big) == (0, 4)
+    assert njit(indexing.clipped_window)(big // 2, 2, 0, 4, big) == (0, 1)  # starts at big - 1
+
+
+def test_chunk_planning_for_a_batch_past_2_to_the_31_elements():
+    """Planning a conv over 2**32 output elements: no overflow, every chunk within budget, all images covered."""
+    n, oh, ow, column_bytes = 2**16, 256, 256, 4 * 40
+    budget = 256 << 20
+    units = cpu._image_units(n, oh, ow, column_bytes, budget)
+    covered = 0
+    for a, b in units:
+        for n0, n1, oh0, oh1 in cpu._chunks(a, b, oh, ow, column_bytes, budget):
+            assert (n1 - n0) * (oh1 - oh0) * ow * column_bytes <= budget
+            covered += (n1 - n0) * (oh1 - oh0)
+    assert covered == n * oh
