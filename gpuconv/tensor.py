@@ -127,6 +127,8 @@ class Tensor:
             g = grads.pop(id(node), None)
             if g is None:
                 continue
+            if g.dtype != node.dtype:  # a float64 operand upstream must not retype this tensor's gradient
+                g = g.astype(node.dtype)
             if node._ctx is None:
                 node.grad = g if node.grad is None else node.grad + g
                 continue

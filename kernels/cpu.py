@@ -34,9 +34,9 @@ from . import indexing
 name = "cpu"
 xp = np
 
-# Default extra memory per conv call, and the hard cap the issue sets (256 MiB).
+# Extra memory per conv call: the default, and the cap (kept buffers stay within 2x the cap, 256 MiB).
 WORKSPACE_BYTES = 8 << 20
-WORKSPACE_LIMIT = 256 << 20
+WORKSPACE_LIMIT = 128 << 20
 # Below this many elements a pooling/ReLU call runs on the calling thread alone.
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
@@ -62,15 +62,17 @@ _blas = None
 
 
 def _scratch(count, dtype):
-    """A reusable flat buffer of at least ``count`` elements, one per thread and dtype.
+    """A reusable buffer of ``count`` elements: one per thread, grown on demand, kept for reuse.
 
     Reuse avoids paying page faults on a fresh multi-MiB allocation every call.
+    A call's calling thread or its workers hold at most the call's budget, so the
+    memory kept is at most twice ``WORKSPACE_LIMIT``.
     """
-    buffers = _thread_state.__dict__.setdefault("buffers", {})
-    buf = buffers.get(np.dtype(dtype))
-    if buf is None or buf.size < count:
-        buf = buffers[np.dtype(dtype)] = np.empty(count, dtype)
-    return buf[:count]
+    nbytes = count * np.dtype(dtype).itemsize
+    raw = getattr(_thread_state, "raw", None)
+    if raw is None or raw.size < nbytes:
+        raw = _thread_state.raw = np.empty(nbytes, np.uint8)
+    return raw[:nbytes].view(dtype)
 
 
 def _workers():
@@ -440,26 +442,6 @@ def _max_pool_forward(p0, p1, x, y, argmax, PH, PW, sh, sw, pt, pl):
 
 
 @njit(**_jit)
-def _max_pool_backward(p0, p1, dy, argmax, dx, PH, PW, sh, sw, pt, pl):
-    """dx[window's argmax] += dy[window], one thread per plane visiting windows in row-major order.
-
-    A plane is owned by one thread, so overlapping windows need no atomics and every
-    input pixel sums its contributions in the same order on every run.
-    """
-    C = dx.shape[1]
-    OH, OW = dy.shape[2], dy.shape[3]
-    for plane in range(p0, p1):
-        n, c = plane // C, plane % C
-        dx_plane = dx[n, c]
-        dx_plane[:] = 0
-        for oh in range(OH):
-            h0 = oh * sh - pt
-            for ow in range(OW):
-                tap = argmax[n, c, oh, ow]
-                dx_plane[h0 + tap // PW, ow * sw - pl + tap % PW] += dy[n, c, oh, ow]
-
-
-@njit(**_jit)
 def _window_counts(out_size, stride, pad, window, in_size):
     """Number of real (unpadded) elements in each window along one axis."""
     counts = np.empty(out_size, np.float64)
@@ -495,8 +477,13 @@ def _avg_pool_forward(p0, p1, x, y, PH, PW, sh, sw, pt, pl):
 
 
 @njit(**_jit)
-def _avg_pool_backward(p0, p1, dy, dx, PH, PW, sh, sw, pt, pl):
-    """Each window spreads dy / count over its real elements; one thread per plane, windows in order."""
+def _pool_backward(p0, p1, dy, argmax, dx, is_max, PH, PW, sh, sw, pt, pl):
+    """Each window sends its gradient back: max to its argmax, avg spread over its real elements.
+
+    One thread owns each plane and visits its windows in row-major order, so
+    overlapping windows need no atomics and every input pixel sums its
+    contributions in the same order on every run.
+    """
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     OH, OW = dy.shape[2], dy.shape[3]
     for plane in range(p0, p1):
@@ -508,8 +495,13 @@ def _avg_pool_backward(p0, p1, dy, dx, PH, PW, sh, sw, pt, pl):
             r_lo, r_hi = _clipped_window(oh, sh, pt, PH, H)
             for ow in range(OW):
                 w0 = ow * sw - pl
+                g = dy[n, c, oh, ow]
+                if is_max:
+                    tap = argmax[n, c, oh, ow]
+                    dx_plane[h0 + tap // PW, w0 + tap % PW] += g
+                    continue
                 s_lo, s_hi = _clipped_window(ow, sw, pl, PW, W)
-                g = dy[n, c, oh, ow] / ((r_hi - r_lo) * (s_hi - s_lo))
+                g /= (r_hi - r_lo) * (s_hi - s_lo)
                 for r in range(r_lo, r_hi):
                     for s in range(s_lo, s_hi):
                         dx_plane[h0 + r, w0 + s] += g
@@ -539,11 +531,9 @@ def pool2d_backward(dy, argmax, x_shape, mode, pool, stride, padding):
     dy = np.ascontiguousarray(dy)
     dx = np.empty(x_shape, dy.dtype)
     args = (pool[0], pool[1], stride[0], stride[1], padding[0][0], padding[1][0])
-    planes, plane_size = x_shape[0] * x_shape[1], x_shape[2] * x_shape[3]
-    if mode == "max":
-        _parallel_for(_max_pool_backward, planes, plane_size, dy, np.ascontiguousarray(argmax), dx, *args)
-    else:
-        _parallel_for(_avg_pool_backward, planes, plane_size, dy, dx, *args)
+    is_max = mode == "max"
+    argmax = np.ascontiguousarray(argmax) if is_max else np.zeros((1, 1, 1, 1), np.int32)
+    _parallel_for(_pool_backward, x_shape[0] * x_shape[1], x_shape[2] * x_shape[3], dy, argmax, dx, is_max, *args)
     return dx
 
 

@@ -85,3 +85,11 @@ def test_only_required_gradients_are_computed(rng):
     x, w = rng.standard_normal((1, 1, 5, 5)), Tensor(rng.standard_normal((1, 1, 3, 3)), requires_grad=True)
     F.conv2d(x, w).sum().backward()
     assert w.grad is not None and w.grad.shape == (1, 1, 3, 3)
+
+
+def test_gradient_keeps_each_tensors_dtype(rng):
+    x = Tensor(rng.standard_normal((1, 1, 5, 5)).astype(np.float32), requires_grad=True)
+    w = Tensor(rng.standard_normal((1, 1, 3, 3)).astype(np.float32), requires_grad=True)
+    scale = Tensor(np.float64(2.0))  # a float64 operand downstream of the conv
+    (F.conv2d(x, w) * scale).sum().backward()
+    assert x.grad.dtype == np.float32 and w.grad.dtype == np.float32
