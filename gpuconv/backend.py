@@ -79,6 +79,11 @@ def kernels():
     return module
 
 
+def session():
+    """Context for a block of many ops (a training loop): the backend's ``session()`` if it has one."""
+    return getattr(kernels(), "session", contextlib.nullcontext)()
+
+
 def _resolve_auto():
     """Pick a GPU backend when one is implemented and a CUDA GPU is present, else the CPU; say so once."""
     global _auto_choice

@@ -5,6 +5,7 @@ classes then call the active backend's kernels (``gpuconv.backend.kernels()``)
 and keep that backend for their backward pass.
 """
 from gpuconv import backend
+from gpuconv.backend import array_module
 from gpuconv.geometry import as_pair, check_extent_fits, check_float_array, output_hw, resolve_padding
 from gpuconv.tensor import Function, as_tensor
 
@@ -147,3 +148,88 @@ def conv2d_output_shape(x_shape, weight_shape, stride=1, padding=0, dilation=1):
     extent = (dilation[0] * (R - 1) + 1, dilation[1] * (S - 1) + 1)
     pads = resolve_padding(padding, (H, W), extent, stride)
     return (N, K) + output_hw((H, W), pads, (R, S), stride, dilation)
+
+
+# ----------------------------------------------------------------------------- generic ops
+# Written once over the array's own module (NumPy, or CuPy with a GPU backend): no per-backend kernels.
+
+class Softmax(Function):
+    @staticmethod
+    def forward(ctx, x, axis):
+        xp = array_module(x)
+        e = xp.exp(x - x.max(axis=axis, keepdims=True))  # shifted: never overflows
+        y = e / e.sum(axis=axis, keepdims=True)
+        ctx.save_for_backward(y)
+        ctx.axis = axis
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensors
+        return (y * (dy - (dy * y).sum(axis=ctx.axis, keepdims=True)),)
+
+
+def softmax(x, axis=-1):
+    """exp(x) / sum(exp(x)) along ``axis``, computed from x - max(x) so it never overflows."""
+    return Softmax.apply(as_tensor(x), axis=axis)
+
+
+class BatchNorm(Function):
+    """Training-mode batch normalization over every axis but ``axis``."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, axis, epsilon):
+        xp = array_module(x)
+        reduce = tuple(a for a in range(x.ndim) if a != axis)
+        shape = [1] * x.ndim
+        shape[axis] = x.shape[axis]
+        mean = x.mean(axis=reduce, keepdims=True)
+        var = x.var(axis=reduce, keepdims=True)
+        inv_std = 1.0 / xp.sqrt(var + epsilon)
+        x_hat = (x - mean) * inv_std
+        ctx.save_for_backward(x_hat, inv_std, gamma.reshape(shape))
+        ctx.reduce, ctx.shape = reduce, shape
+        ctx.batch_mean, ctx.batch_var = mean.reshape(-1), var.reshape(-1)
+        return x_hat * gamma.reshape(shape) + beta.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x_hat, inv_std, gamma = ctx.saved_tensors
+        reduce = ctx.reduce
+        dgamma = (dy * x_hat).sum(axis=reduce)
+        dbeta = dy.sum(axis=reduce)
+        count = dy.size // dbeta.size
+        dx_hat = dy * gamma
+        dx = inv_std / count * (count * dx_hat - dx_hat.sum(axis=reduce, keepdims=True)
+                                - x_hat * (dx_hat * x_hat).sum(axis=reduce, keepdims=True))
+        return dx, dgamma, dbeta
+
+
+def batch_norm(x, gamma, beta, axis=1, epsilon=1e-3):
+    """(x - batch mean) / sqrt(batch var + epsilon) * gamma + beta, statistics over all axes but ``axis``.
+
+    Returns the Tensor and the batch (mean, var) per channel, for moving averages.
+    """
+    x = as_tensor(x)
+    check_float_array(x.data, "x")
+    if not 0 <= axis < x.ndim:
+        raise ValueError(f"axis must be in [0, {x.ndim}) for x of shape {x.shape}, got {axis}")
+    out = BatchNorm.apply(x, as_tensor(gamma), as_tensor(beta), axis=axis, epsilon=epsilon)
+    ctx = out._ctx
+    if ctx is None:  # no graph recorded: recompute the statistics for the caller
+        reduce = tuple(a for a in range(x.ndim) if a != axis)
+        return out, (x.data.mean(axis=reduce), x.data.var(axis=reduce))
+    return out, (ctx.batch_mean, ctx.batch_var)
+
+
+def dropout(x, rate, training, generator=None):
+    """Zero each element with probability ``rate`` and scale the rest by 1/(1-rate); identity unless training."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"rate must be in [0, 1), got {rate}")
+    x = as_tensor(x)
+    if not training or rate == 0:
+        return x
+    from gpuconv import rng
+    xp = array_module(x.data)
+    keep = (generator or rng.generator()).random(x.shape) >= rate
+    return x * xp.asarray(keep.astype(x.dtype) / x.dtype.type(1 - rate))

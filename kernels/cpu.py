@@ -21,6 +21,10 @@ wins (it propagates, as in other frameworks).
 
 Integer arithmetic in Numba is int64, so indices do not overflow past 2**31.
 """
+import contextlib
+import ctypes
+import ctypes.util
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -55,6 +59,26 @@ def check_array(array, name):
                         f"backend with gpuconv.set_backend")
 
 
+def _keep_freed_memory_for_reuse():
+    """Ask glibc to serve large arrays from its heap and keep freed memory for the next call.
+
+    By default each multi-MiB array is a fresh mmap whose every page faults on first
+    write; in a training step that allocates dozens of such arrays this cost a third of
+    the time (106 -> 81 ms per MNIST step measured). Up to 32 MiB per array is served
+    from the heap, and up to 512 MiB of free heap is kept. Process-wide; glibc only.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 512 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+if os.environ.get("GPUCONV_MALLOPT", "1") != "0":
+    _keep_freed_memory_for_reuse()
+
 _thread_state = threading.local()
 _pool_lock = threading.Lock()
 _pool = None
@@ -79,6 +103,27 @@ def _workers():
     return max(1, numba.get_num_threads())
 
 
+def _controller():
+    global _pool, _blas
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_workers(), thread_name_prefix="gpuconv-cpu")
+            _blas = ThreadpoolController()
+    return _pool, _blas
+
+
+@contextlib.contextmanager
+def session():
+    """Hold BLAS to one thread for a block of many ops (a training loop).
+
+    OpenBLAS's idle threads spin for a while after each multi-threaded call and steal
+    the cores our kernels' threads need; a model's small matmuls lose little by
+    running on one thread. Inside, every kernel still uses all cores.
+    """
+    with _controller()[1].limit(limits=1, user_api="blas"):
+        yield
+
+
 def _run_units(work, units):
     """Run ``work(n0, n1)`` for each image range, one per core, and return the results in order.
 
@@ -86,15 +131,11 @@ def _run_units(work, units):
     GEMM) on its own Python thread, so cores never fight over spinning BLAS and
     Numba worker threads. A single range runs inline with multi-threaded BLAS.
     """
-    global _pool, _blas
     if len(units) <= 1:
         return [work(*unit) for unit in units]
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(_workers(), thread_name_prefix="gpuconv-cpu")
-            _blas = ThreadpoolController()
-    with _blas.limit(limits=1, user_api="blas"):
-        return list(_pool.map(lambda unit: work(*unit), units))
+    pool, blas = _controller()
+    with blas.limit(limits=1, user_api="blas"):
+        return list(pool.map(lambda unit: work(*unit), units))
 
 
 def _parallel_for(kernel, count, cost_per_item, *args):
@@ -548,8 +589,10 @@ def _relu_forward(i0, i1, x, y):
 
 @njit(**_jit)
 def _relu_backward(i0, i1, dy, y, dx):
+    zero = dx.dtype.type(0)
     for i in range(i0, i1):
-        dx[i] = dy[i] if y[i] > 0 else 0
+        g = dy[i]  # loaded unconditionally, so the choice compiles to a vector select, not a branch
+        dx[i] = g if y[i] > 0 else zero
 
 
 def relu_forward(x):

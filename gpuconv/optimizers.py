@@ -1,0 +1,75 @@
+"""Optimizers (Keras semantics), updating parameter arrays in place with their own array module."""
+import math
+
+from gpuconv.backend import array_module
+
+
+class Optimizer:
+    def __init__(self, learning_rate):
+        if learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+        self.learning_rate = learning_rate
+        self.state = {}  # id(parameter) -> per-parameter slots
+        self.iterations = 0
+
+    def step(self, parameters):
+        """Apply one update to every Tensor in ``parameters`` that has a gradient, then clear the gradients."""
+        self.iterations += 1
+        for p in parameters:
+            if p.grad is not None:
+                self.update(p, p.grad, self.state.setdefault(id(p), {}))
+                p.grad = None
+
+    def update(self, parameter, grad, slots):
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """v = momentum * v - lr * g; p += v  (Nesterov: p += momentum * v - lr * g)."""
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
+        super().__init__(learning_rate)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum, self.nesterov = momentum, nesterov
+
+    def update(self, parameter, grad, slots):
+        if self.momentum == 0:
+            parameter.data -= self.learning_rate * grad
+            return
+        velocity = slots.setdefault("velocity", array_module(grad).zeros_like(grad))
+        velocity *= self.momentum
+        velocity -= self.learning_rate * grad
+        parameter.data += self.momentum * velocity - self.learning_rate * grad if self.nesterov else velocity
+
+
+class Adam(Optimizer):
+    """Adam with Keras's defaults and bias correction folded into the step size."""
+
+    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        super().__init__(learning_rate)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+
+    def update(self, parameter, grad, slots):
+        xp = array_module(grad)
+        m = slots.setdefault("m", xp.zeros_like(grad))
+        v = slots.setdefault("v", xp.zeros_like(grad))
+        m *= self.beta_1
+        m += (1 - self.beta_1) * grad
+        v *= self.beta_2
+        v += (1 - self.beta_2) * grad * grad
+        t = self.iterations
+        step = self.learning_rate * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        parameter.data -= (step * m / (xp.sqrt(v) + self.epsilon)).astype(parameter.dtype, copy=False)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def get(optimizer):
+    """An optimizer instance from itself or its name ('sgd', 'adam') with default settings."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, str) and optimizer.lower() in OPTIMIZERS:
+        return OPTIMIZERS[optimizer.lower()]()
+    raise ValueError(f"optimizer must be an Optimizer or one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
