@@ -10,15 +10,14 @@ When the last layer ends in softmax and the loss takes probabilities, training r
 log-sum-exp softmax cross-entropy on the logits instead (same value, no NaN at extreme logits);
 ``predict`` still returns probabilities.
 """
-import os
 import re
-import tempfile
 import time
 import zipfile
 
 import numpy as np
 
 from gpuconv import backend, losses, optimizers, rng
+from gpuconv.fileio import atomic_write
 from gpuconv.layers import Layer, _Spatial
 from gpuconv.tensor import Tensor, no_grad
 
@@ -249,17 +248,7 @@ class Sequential:
     def save_weights(self, path):
         """Write every weight to ``path`` (.npz) atomically: a temporary file, then a rename."""
         arrays = {k: np.asarray(v.get() if hasattr(v, "get") else v) for k, v in self.weight_arrays().items()}
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".weights.", suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f: np.savez(f, **arrays))
 
     def load_weights(self, path):
         """Load weights saved by ``save_weights``; every name and shape must match this model."""

@@ -101,15 +101,16 @@ def test_corrupt_cache_is_detected(tmp_path):
 
 
 def test_atomic_write_leaves_nothing_half_written(tmp_path, monkeypatch):
+    from gpuconv.fileio import atomic_write
     target = tmp_path / "file"
-    mnist.atomic_write(target, b"old")
+    atomic_write(target, lambda f: f.write(b"old"))
 
     def fail(*args):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
-        mnist.atomic_write(target, b"new content")
+        atomic_write(target, lambda f: f.write(b"new content"))
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["file"]
 
 

