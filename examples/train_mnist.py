@@ -72,7 +72,9 @@ def main(argv=None):
     print(f"backend {gpuconv.get_backend()!r}: {len(x_train)} training images, batch {args.batch_size}, "
           f"{args.epochs} epochs")
     decay = gpuconv.callbacks.LearningRateScheduler(lambda epoch, rate: args.learning_rate * args.lr_decay ** epoch)
-    history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, callbacks=[decay])
+    verbose = 1 if sys.stderr.isatty() else 2  # a progress bar on a terminal, one line per epoch in logs
+    history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, callbacks=[decay],
+                        verbose=verbose)
     start = time.perf_counter()
     test_loss, test_accuracy = model.evaluate(x_test, y_test)
     eval_seconds = time.perf_counter() - start

@@ -156,7 +156,9 @@ class Sequential:
             initial_epoch=0):
         """Train epochs ``initial_epoch .. epochs-1`` over (x, y) in mini-batches; returns a ``History``.
 
-        ``callbacks``: ``gpuconv.callbacks.Callback`` objects (e.g. ``LearningRateScheduler``).
+        ``verbose``: 1 shows a progress bar (tqdm) with the running loss and accuracy plus a line per
+        epoch, 2 only the line per epoch, 0 nothing. ``callbacks``: ``gpuconv.callbacks.Callback``
+        objects (e.g. ``LearningRateScheduler``).
         """
         self._require_compiled()
         n = len(x)
@@ -181,7 +183,7 @@ class Sequential:
         n = len(x)
         order = rng.generator().permutation(n) if shuffle else np.arange(n)
         totals, seen, start = np.zeros(len(names)), 0, time.perf_counter()
-        bar = _progress(range(0, n, batch_size), f"epoch {epoch + 1}/{epochs}", verbose)
+        bar = _progress(range(0, n, batch_size), f"epoch {epoch + 1}/{epochs}", verbose == 1)
         self.train(True)
         for b0 in bar:
             index = np.sort(order[b0:b0 + batch_size]) if shuffle else order[b0:b0 + batch_size]
@@ -189,8 +191,8 @@ class Sequential:
             history.batches.append((epoch + b0 / n, *values))
             totals += np.array(values) * len(index)
             seen += len(index)
-            if verbose:
-                bar.set_postfix({k: f"{v / seen:.4f}" for k, v in zip(names, totals)}, refresh=False)
+            if verbose == 1:  # drawn at tqdm's pace, and once more after the last batch
+                bar.set_postfix({k: f"{v / seen:.4f}" for k, v in zip(names, totals)}, refresh=seen == n)
         self.train(False)
         seconds = time.perf_counter() - start
         record = dict(zip(names, (totals / max(seen, 1)).tolist()))
@@ -270,13 +272,11 @@ class Sequential:
             array[...] = xp.asarray(saved[key], dtype=array.dtype)
 
 
-def _progress(iterable, description, verbose):
-    if not verbose:
+def _progress(iterable, description, show):
+    if not show:
         return _Quiet(iterable)
-    from tqdm import tqdm
-    # disable=None: no bar when stderr is not a terminal (logs get the per-epoch line only)
-    return tqdm(iterable, desc=description, unit="batch", leave=False, dynamic_ncols=True, mininterval=0.5,
-                disable=None)
+    from tqdm.auto import tqdm  # a widget in notebooks, text on terminals
+    return tqdm(iterable, desc=description, unit="batch", leave=True, dynamic_ncols=True, mininterval=0.5)
 
 
 class _Quiet:

@@ -241,3 +241,16 @@ def test_fit_callbacks_and_initial_epoch(rng):
         model.fit(x, y[:3])
     with pytest.raises(RuntimeError, match="call compile"):
         gpuconv.Sequential([Dense(2)], input_shape=(4,)).fit(x, y)
+
+
+def test_fit_progress_bar_shows_loss_and_accuracy(rng, capsys):
+    x, y = rng.standard_normal((64, 4)).astype(np.float32), rng.integers(0, 2, 64)
+    model = gpuconv.Sequential([Dense(2, activation="softmax")], input_shape=(4,))
+    model.compile("sgd", "sparse_categorical_crossentropy", ["accuracy"])
+    model.fit(x, y, epochs=1, batch_size=8, verbose=1)
+    captured = capsys.readouterr()
+    assert "loss=" in captured.err and "accuracy=" in captured.err  # tqdm's postfix
+    assert "epoch 1/1: loss" in captured.out
+    model.fit(x, y, epochs=1, batch_size=8, verbose=2)
+    captured = capsys.readouterr()
+    assert captured.err == "" and "epoch 1/1: loss" in captured.out
