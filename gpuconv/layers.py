@@ -44,6 +44,7 @@ class Layer:
     """Base layer: ``weights`` are trained, ``state`` arrays (moving statistics) are saved but not trained."""
 
     activation = None
+    fused_activation = None  # an activation this layer's kernel applies itself (forward's fuse_activation)
 
     def __init__(self):
         self.weights, self.state = {}, {}
@@ -60,6 +61,8 @@ class Layer:
         x = as_tensor(x)
         if not self.built:
             self.build(x.shape[1:])
+        if activate and self.activation is not None and self.activation == self.fused_activation:
+            return self.forward(x, training, fuse_activation=True)
         y = self.forward(x, training)
         if activate and self.activation is not None:
             y = ACTIVATIONS[self.activation](y)
@@ -132,14 +135,12 @@ class Conv2D(_Spatial):
             self.weights["bias"] = _initial(self.bias_initializer, (self.filters,), 1, 1)
         self.built = True
 
-    def __call__(self, x, training=False, activate=True):
-        self.fuse_relu = activate and self.activation == "relu"
-        return super().__call__(x, training, activate and not self.fuse_relu)
+    fused_activation = "relu"  # the conv kernel's epilogue applies it
 
-    def forward(self, x, training):
+    def forward(self, x, training, fuse_activation=False):
         return F.conv2d(x, self.weights["kernel"], self.weights.get("bias"), stride=self.strides,
                         padding=self.padding, dilation=self.dilation_rate,
-                        activation="relu" if self.fuse_relu else None)
+                        activation=self.activation if fuse_activation else None)
 
     def _nchw_output_shape(self, chw):
         c, h, w = chw
