@@ -135,3 +135,12 @@ def test_relu_any_shape_and_dtype(rng):
         y = F.relu(x).numpy()
         assert y.dtype == np.float32 and y.shape == shape
         np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+def test_non_contiguous_inputs(rng):
+    x = rng.standard_normal((2, 6, 9, 10)).transpose(0, 1, 3, 2)[:, ::2]  # (2, 3, 10, 9), strided view
+    assert not x.flags.c_contiguous
+    dense = np.ascontiguousarray(x)
+    np.testing.assert_array_equal(F.max_pool2d(x, 3, 2, "same").numpy(), F.max_pool2d(dense, 3, 2, "same").numpy())
+    np.testing.assert_allclose(F.avg_pool2d(x, 2).numpy(), ref.pool2d(dense, "avg", (2, 2), (2, 2), ((0, 0), (0, 0))))
+    np.testing.assert_array_equal(F.relu(x).numpy(), np.maximum(dense, 0))
