@@ -147,10 +147,11 @@ class Sequential:
     def train_on_batch(self, x, y):
         """One optimizer step on a batch; returns [loss, *metrics]."""
         self._require_compiled()
-        loss, out = self._loss_and_outputs(self._as_input(x), self._as_target(y), training=True)
+        y = self._as_target(y)
+        loss, out = self._loss_and_outputs(self._as_input(x), y, training=True)
         loss.backward()
         self.optimizer.step(self.parameters())
-        return [float(loss.data)] + self._metric_values(out, self._as_target(y))
+        return [float(loss.data)] + self._metric_values(out, y)
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True, verbose=1, callbacks=(),
             initial_epoch=0):
