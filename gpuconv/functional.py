@@ -178,18 +178,14 @@ class BatchNorm(Function):
     """Training-mode batch normalization over every axis but ``axis``."""
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, axis, epsilon):
+    def forward(ctx, x, gamma, beta, mean, var, reduce, epsilon):
+        """``mean`` and ``var`` are x's batch statistics over ``reduce``, kept dims (computed by the caller)."""
         xp = array_module(x)
-        reduce = tuple(a for a in range(x.ndim) if a != axis)
-        shape = [1] * x.ndim
-        shape[axis] = x.shape[axis]
-        mean = x.mean(axis=reduce, keepdims=True)
-        var = x.var(axis=reduce, keepdims=True)
         inv_std = 1.0 / xp.sqrt(var + epsilon)
         x_hat = (x - mean) * inv_std
+        shape = mean.shape
         ctx.save_for_backward(x_hat, inv_std, gamma.reshape(shape))
-        ctx.reduce, ctx.shape = reduce, shape
-        ctx.batch_mean, ctx.batch_var = mean.reshape(-1), var.reshape(-1)
+        ctx.reduce = reduce
         return x_hat * gamma.reshape(shape) + beta.reshape(shape)
 
     @staticmethod
@@ -214,12 +210,11 @@ def batch_norm(x, gamma, beta, axis=1, epsilon=1e-3):
     check_float_array(x.data, "x")
     if not 0 <= axis < x.ndim:
         raise ValueError(f"axis must be in [0, {x.ndim}) for x of shape {x.shape}, got {axis}")
-    out = BatchNorm.apply(x, as_tensor(gamma), as_tensor(beta), axis=axis, epsilon=epsilon)
-    ctx = out._ctx
-    if ctx is None:  # no graph recorded: recompute the statistics for the caller
-        reduce = tuple(a for a in range(x.ndim) if a != axis)
-        return out, (x.data.mean(axis=reduce), x.data.var(axis=reduce))
-    return out, (ctx.batch_mean, ctx.batch_var)
+    reduce = tuple(a for a in range(x.ndim) if a != axis)
+    mean, var = x.data.mean(axis=reduce, keepdims=True), x.data.var(axis=reduce, keepdims=True)
+    out = BatchNorm.apply(x, as_tensor(gamma), as_tensor(beta), mean=mean, var=var, reduce=reduce,
+                          epsilon=epsilon)
+    return out, (mean.reshape(-1), var.reshape(-1))
 
 
 def dropout(x, rate, training, generator=None):
