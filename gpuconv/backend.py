@@ -15,15 +15,15 @@ import os
 import sys
 
 KERNELS = (
-    "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
+    "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
     "pool2d_forward", "pool2d_backward",
     "relu_forward", "relu_backward",
 )
 
 # Implemented backends, and GPU backends in the order 'auto' prefers them.
-_MODULES = {"cpu": "gpuconv.kernels.cpu"}
+_MODULES = {"cpu": "gpuconv.kernels.cpu", "numba": "gpuconv.kernels.numba_cuda"}
 _GPU_PREFERENCE = ("cupy", "numba")
-_PLANNED = ("numba", "cupy")  # named by the API, not implemented in this version
+_PLANNED = ("cupy",)  # named by the API, not implemented in this version
 BACKENDS = ("auto",) + tuple(_MODULES)
 ENV_VAR = "GPUCONV_BACKEND"
 
@@ -46,15 +46,24 @@ def _checked(name, source="backend"):
 
 
 def set_backend(name):
-    """Choose the backend for this process: 'auto' or 'cpu' ('numba', 'cupy' later)."""
+    """Choose the backend for this process: 'auto', 'cpu' or 'numba' (Numba CUDA; 'cupy' later).
+
+    A GPU backend is loaded here, so a missing GPU is reported at once.
+    """
     global _process_choice
-    _process_choice = _checked(name)
+    choice = _checked(name)
+    if choice != "auto":
+        _module(choice)
+    _process_choice = choice
 
 
 @contextlib.contextmanager
 def use_backend(name):
     """Use a backend inside a ``with`` block (restored on exit; per thread and async task)."""
-    token = _block_choice.set(_checked(name))
+    choice = _checked(name)
+    if choice != "auto":
+        _module(choice)
+    token = _block_choice.set(choice)
     try:
         yield get_backend()
     finally:
@@ -72,7 +81,10 @@ def get_backend():
 
 def kernels():
     """The kernel module of the current backend."""
-    name = get_backend()
+    return _module(get_backend())
+
+
+def _module(name):
     module = _loaded.get(name)
     if module is None:
         module = _loaded[name] = importlib.import_module(_MODULES[name])
@@ -99,9 +111,10 @@ def _resolve_auto():
 
 
 def _cuda_gpu_present():
+    """A real CUDA GPU (Numba's simulator does not count: 'auto' never picks it)."""
     try:
-        from numba import cuda
-        return bool(cuda.is_available())
+        from numba import config, cuda
+        return not config.ENABLE_CUDASIM and bool(cuda.is_available())
     except Exception:  # no numba-cuda, no driver: no usable GPU
         return False
 

@@ -28,7 +28,7 @@ class Conv2d(Function):
         needs_x, needs_w, needs_b = ctx.needs_input_grad
         dx = kern.conv2d_backward_input(dy, weight, x.shape, *ctx.geometry) if needs_x else None
         dw = kern.conv2d_backward_weight(dy, x, weight.shape, *ctx.geometry) if needs_w else None
-        db = dy.sum(axis=(0, 2, 3)) if needs_b else None
+        db = kern.conv2d_backward_bias(dy) if needs_b else None
         return dx, dw, db
 
 

@@ -403,6 +403,11 @@ def conv2d_backward_weight(dy, x, weight_shape, stride, padding, dilation, works
     return total.reshape(weight_shape)
 
 
+def conv2d_backward_bias(dy):
+    """dbias of conv2d: dy (N, K, OH, OW) -> (K,), summed over N, OH, OW."""
+    return np.ascontiguousarray(dy).sum(axis=(0, 2, 3))
+
+
 # --------------------------------------------------------------------------- pooling kernels
 
 _u = np.uint64

@@ -50,3 +50,21 @@ def clipped_window(out_index, stride, pad_before, window, in_size):
     if lo > hi:
         lo = hi
     return lo, hi
+
+
+def covering_windows(in_index, stride, pad_before, window, out_size):
+    """Outputs ``[lo, hi)`` whose window (of ``window`` taps, no dilation) contains input ``in_index``.
+
+    Window ``o`` covers inputs ``o*stride - pad_before .. o*stride - pad_before + window - 1``;
+    this is the gather form of a pooling backward pass.
+    """
+    hi = (in_index + pad_before) // stride + 1
+    if hi > out_size:
+        hi = out_size
+    first = in_index + pad_before - window + 1  # need o * stride >= first
+    lo = 0
+    if first > 0:
+        lo = (first + stride - 1) // stride
+    if lo > hi:
+        lo = hi
+    return lo, hi
