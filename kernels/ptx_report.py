@@ -14,6 +14,7 @@ import re
 import sys
 import time
 import types as pytypes
+from collections import namedtuple
 
 import numba
 import numpy as np
@@ -45,8 +46,11 @@ def _array(dtype, ndim):
     return types.Array(numba.from_dtype(np.dtype(dtype)), ndim, "C")
 
 
+Configuration = namedtuple("Configuration", "kernel description function signature params")
+
+
 def configurations():
-    """Yield ``(kernel, description, python function, signature)`` for every configuration to compile."""
+    """Yield a ``Configuration`` (kernel name, description, Python function, signature, parameters) for each."""
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
     i64, i32 = types.int64, np.dtype(np.int32)
     for dtype in (f32, f64):
@@ -58,26 +62,32 @@ def configurations():
                     continue  # never launched: choose_conv_tile skips it
                 forward = geometry[6:] == (1, 1)
                 relu_bias = (True, True) if forward else (False, False)
-                yield ("conv", f"{dtype.name} {tuple(tile)} {label}",
-                       kern.conv_kernel_source(dtype, tile, geometry, *relu_bias), (a4, a4, a1, a4, i64, i64))
+                yield Configuration("conv", f"{dtype.name} {tuple(tile)} {label}",
+                                    kern.conv_kernel_source(dtype, tile, geometry, *relu_bias),
+                                    (a4, a4, a1, a4, i64, i64), dict(dtype=dtype, tile=tile, geometry=geometry))
         wg_geometries = WEIGHT_GRAD_GEOMETRIES if dtype == f32 else {"3x3": WEIGHT_GRAD_GEOMETRIES["3x3"]}
         for tile in kern.WEIGHT_GRAD_TILES:
             for label, geometry in wg_geometries.items():
-                yield ("weight_grad", f"{dtype.name} {tuple(tile)} {label}",
-                       kern.weight_grad_kernel_source(dtype, tile, geometry), (a4, a4, a3, i64, i64, i64))
-        yield "sum_splits", dtype.name, kern.sum_splits_kernel_source(dtype), (a2, a1)
-        yield ("bias_grad", f"{dtype.name} {kern.THREADS_1D} threads",
-               kern.bias_grad_kernel_source(dtype, kern.THREADS_1D), (a3, a1))
+                yield Configuration("weight_grad", f"{dtype.name} {tuple(tile)} {label}",
+                                    kern.weight_grad_kernel_source(dtype, tile, geometry),
+                                    (a4, a4, a3, i64, i64, i64), dict(dtype=dtype, tile=tile, geometry=geometry))
+        yield Configuration("sum_splits", dtype.name, kern.sum_splits_kernel_source(dtype), (a2, a1),
+                            dict(dtype=dtype))
+        yield Configuration("bias_grad", f"{dtype.name} {kern.THREADS_1D} threads",
+                            kern.bias_grad_kernel_source(dtype, kern.THREADS_1D), (a3, a1), dict(dtype=dtype))
         for label, window in POOL_WINDOWS.items():
             for mode in ("max", "avg"):
-                yield (f"{mode}_pool_forward", f"{dtype.name} {label}",
-                       kern.pool_forward_kernel_source(dtype, mode == "max", window),
-                       (a4, a4, _array(i32, 4), i64, i64))
-                yield (f"{mode}_pool_backward", f"{dtype.name} {label}",
-                       kern.pool_backward_kernel_source(dtype, mode == "max", window),
-                       (a4, _array(i32, 4), a4, i64, i64))
-        yield "relu_forward", dtype.name, kern.relu_forward_kernel_source(dtype), (a1, a1)
-        yield "relu_backward", dtype.name, kern.relu_backward_kernel_source(dtype), (a1, a1, a1)
+                params = dict(dtype=dtype, window=window)
+                yield Configuration(f"{mode}_pool_forward", f"{dtype.name} {label}",
+                                    kern.pool_forward_kernel_source(dtype, mode == "max", window),
+                                    (a4, a4, _array(i32, 4), i64, i64), params)
+                yield Configuration(f"{mode}_pool_backward", f"{dtype.name} {label}",
+                                    kern.pool_backward_kernel_source(dtype, mode == "max", window),
+                                    (a4, _array(i32, 4), a4, i64, i64), params)
+        yield Configuration("relu_forward", dtype.name, kern.relu_forward_kernel_source(dtype), (a1, a1),
+                            dict(dtype=dtype))
+        yield Configuration("relu_backward", dtype.name, kern.relu_backward_kernel_source(dtype), (a1, a1, a1),
+                            dict(dtype=dtype))
 
 
 def assemble(ptx, arch):
@@ -135,12 +145,13 @@ def _device_functions_target(arch):
 def compile_all(arches=ARCHES, progress=None):
     """Compile every configuration for every arch; return one row per (configuration, arch)."""
     rows = []
-    for kernel, description, function, signature in configurations():
+    for config in configurations():
         for arch in arches:
             start = time.perf_counter()
             with _device_functions_target(arch):
-                ptx, _ = cuda.compile_ptx(function, signature, cc=divmod(arch, 10))
-            row = dict(kernel=kernel, config=description, arch=f"sm_{arch}", **resources(assemble(ptx, arch)))
+                ptx, _ = cuda.compile_ptx(config.function, config.signature, cc=divmod(arch, 10))
+            row = dict(kernel=config.kernel, config=config.description, arch=f"sm_{arch}",
+                       **resources(assemble(ptx, arch)))
             row["compile_s"] = round(time.perf_counter() - start, 3)
             rows.append(row)
             if progress:

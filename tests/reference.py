@@ -98,3 +98,47 @@ def check_gradients(fn, arrays, rtol=1e-5, atol=1e-7, seed=0):
     for i, (array, tensor) in enumerate(zip(arrays, tensors)):
         expected = numerical_grad(loss, array)
         np.testing.assert_allclose(tensor.grad, expected, rtol=rtol, atol=atol, err_msg=f"input {i}")
+
+
+def conv2d_grads(x, w, dy, stride, padding, dilation):
+    """(dx, dw, db) of conv2d for upstream gradient dy, by float64 NumPy loops over the kernel taps.
+
+    Each tap (r, s) touches a strided slice of the padded input: dw[:, :, r, s] is that
+    slice contracted with dy, and dx gets dy spread back onto the same slice.
+    """
+    x, w, dy = (np.asarray(a, np.float64) for a in (x, w, dy))
+    (pt, pb), (pl, pr) = padding
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    OH, OW = dy.shape[2:]
+    padded = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    dpadded = np.zeros_like(padded)
+    dw = np.zeros_like(w)
+    for r in range(R):
+        for s in range(S):
+            rows = slice(r * dilation[0], r * dilation[0] + (OH - 1) * stride[0] + 1, stride[0])
+            cols = slice(s * dilation[1], s * dilation[1] + (OW - 1) * stride[1] + 1, stride[1])
+            dw[:, :, r, s] = np.einsum("nkhw,nchw->kc", dy, padded[:, :, rows, cols])
+            dpadded[:, :, rows, cols] += np.einsum("nkhw,kc->nchw", dy, w[:, :, r, s])
+    return dpadded[:, :, pt:pt + H, pl:pl + W], dw, dy.sum(axis=(0, 2, 3))
+
+
+def pool2d_grad(x, dy, mode, pool, stride, padding):
+    """dx of pooling by plain loops: max sends each window's gradient to its first maximum, avg spreads it."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    (pt, _), (pl, _) = padding
+    dx = np.zeros_like(x)
+    N, C, H, W = x.shape
+    for n in range(N):
+        for c in range(C):
+            for oh in range(dy.shape[2]):
+                for ow in range(dy.shape[3]):
+                    h0, w0 = oh * stride[0] - pt, ow * stride[1] - pl
+                    hs, ws = slice(max(h0, 0), h0 + pool[0]), slice(max(w0, 0), w0 + pool[1])
+                    window = x[n, c, hs, ws]
+                    if mode == "max":
+                        r, s = np.unravel_index(np.argmax(window), window.shape)
+                        dx[n, c, max(h0, 0) + r, max(w0, 0) + s] += dy[n, c, oh, ow]
+                    else:
+                        dx[n, c, hs, ws] += dy[n, c, oh, ow] / window.size
+    return dx

@@ -8,12 +8,30 @@ import gpuconv
 from gpuconv import backend
 
 
-def test_every_backend_provides_the_same_kernels():
-    for name in backend.BACKENDS[1:]:
-        module = __import__(backend._MODULES[name], fromlist=["*"])
-        missing = [k for k in backend.KERNELS if not callable(getattr(module, k, None))]
-        assert not missing, f"backend {name} lacks {missing}"
-        assert module.name == name and callable(module.check_array)
+def run_python(code, *args, **env):
+    import os
+    full_env = {k: v for k, v in os.environ.items() if k not in ("GPUCONV_BACKEND", "NUMBA_ENABLE_CUDASIM")}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full_env)
+
+
+CHECK_KERNELS = """
+import importlib, sys
+from gpuconv import backend
+module = importlib.import_module(backend._MODULES[sys.argv[1]])
+missing = [k for k in backend.KERNELS if not callable(getattr(module, k, None))]
+assert not missing, f"backend {sys.argv[1]} lacks {missing}"
+assert module.name == sys.argv[1] and callable(module.check_array) and module.xp is not None
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("name", backend.BACKENDS[1:])
+def test_every_backend_provides_the_same_kernels(name):
+    # a GPU backend without a GPU loads on Numba's CUDA simulator, which must be set before numba's import
+    env = {} if name == "cpu" or backend._cuda_gpu_present() else {"NUMBA_ENABLE_CUDASIM": "1"}
+    result = run_python(CHECK_KERNELS, name, **env)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
 def test_use_backend_restores_previous_choice():
@@ -24,8 +42,7 @@ def test_use_backend_restores_previous_choice():
 
 
 @pytest.mark.parametrize("bad,error,match", [
-    ("tpu", ValueError, r"backend must be one of 'auto', 'cpu'; got 'tpu'"),
-    ("numba", ValueError, r"'numba' is not implemented in this version"),
+    ("tpu", ValueError, r"backend must be one of 'auto', 'cpu', 'numba'; got 'tpu'"),
     ("cupy", ValueError, r"'cupy' is not implemented in this version"),
     (3, TypeError, r"backend must be a string"),
 ])
@@ -37,11 +54,15 @@ def test_bad_backend_names(bad, error, match):
             pass
 
 
-def run_python(code, **env):
-    import os
-    full_env = {k: v for k, v in os.environ.items() if k != "GPUCONV_BACKEND"}
-    full_env.update(env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env)
+@pytest.mark.skipif(backend._cuda_gpu_present(), reason="a CUDA GPU is present")
+def test_numba_without_a_gpu_or_the_simulator_says_so():
+    result = run_python("import gpuconv; gpuconv.set_backend('numba')")
+    assert result.returncode != 0
+    assert ("RuntimeError: backend 'numba' needs a CUDA GPU and none was found" in result.stderr
+            and "NUMBA_ENABLE_CUDASIM=1" in result.stderr), result.stderr
+    # 'auto' falls back to the CPU instead
+    result = run_python("import gpuconv; print(gpuconv.get_backend())")
+    assert result.stdout.strip() == "cpu" and "no CUDA GPU found" in result.stderr
 
 
 def test_auto_says_once_what_it_chose():
