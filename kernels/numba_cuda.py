@@ -82,6 +82,18 @@ def _new(shape, dtype, what, zeroed=False):
                           f"({nbytes / 2**20:.1f} MiB); use a smaller batch") from error
 
 
+@functools.lru_cache(maxsize=None)
+def _device_target_blocks(device_id):
+    return 4 * cuda.get_current_device().MULTIPROCESSOR_COUNT
+
+
+def _target_blocks():
+    """Blocks that fill this GPU a few times over: 4 per SM (a fixed number per device: deterministic)."""
+    if SIMULATOR:
+        return cuda_kernels.TARGET_BLOCKS
+    return _device_target_blocks(xp.cuda.Device().id)
+
+
 def check_array(array, name):
     """A GPU backend takes device (CuPy) arrays; the simulator takes NumPy arrays."""
     on_device = hasattr(array, "__cuda_array_interface__")
@@ -108,7 +120,7 @@ def _run_conv(x, w, bias, y, geometry, pad_top, pad_left, relu, tile):
     K, OH, OW = y.shape[1:]
     if y.size == 0:
         return y
-    tile = tile or cuda_kernels.choose_conv_tile(C, K, OH, OW, geometry, x.dtype.itemsize)
+    tile = tile or cuda_kernels.choose_conv_tile(C, K, OH, OW, geometry, x.dtype.itemsize, cuda_kernels.CONV_TILES)
     use_bias = bias is not None
     if not use_bias:
         bias = _new((1,), x.dtype, "a placeholder bias")
@@ -164,10 +176,10 @@ def conv2d_backward_weight(dy, x, weight_shape, stride, padding, dilation, tile=
     if N * OH * OW == 0:
         dw[...] = 0
         return dw.reshape(weight_shape)
-    tile = tile or cuda_kernels.choose_weight_grad_tile(K, CRS)
+    tile = tile or cuda_kernels.choose_weight_grad_tile(K, CRS, cuda_kernels.WEIGHT_GRAD_TILES)
     k_tiles, j_tiles = ceil_div(K, tile.filters), ceil_div(CRS, tile.taps)
     chunks = ceil_div(N * OH * OW, tile.chunk)
-    splits, per_split = cuda_kernels.weight_grad_splits(k_tiles, j_tiles, chunks, target_blocks)
+    splits, per_split = cuda_kernels.weight_grad_splits(k_tiles, j_tiles, chunks, target_blocks or _target_blocks())
     partial = dw.reshape(1, K, CRS) if splits == 1 else _new((splits, K, CRS), dy.dtype, "dW partial sums")
     geometry = (R, S, *stride, *dilation)
     kernel = _compiled(cuda_kernels.weight_grad_kernel_source, np.dtype(dy.dtype), tile, geometry)

@@ -55,7 +55,7 @@ WEIGHT_GRAD_TILES = (
 )
 THREADS_1D = 256            # elementwise kernels (pooling, ReLU, reductions)
 MAX_BLOCKS = 1 << 16        # grid cap: kernels loop over the rest
-TARGET_BLOCKS = 4 * 132     # blocks that fill an H100 (132 SMs) a few times over
+TARGET_BLOCKS = 4 * 132     # blocks that fill the GPU a few times over (the launcher uses 4 x its SMs)
 SHARED_LIMIT = 48 << 10     # static shared memory per block
 
 
@@ -67,6 +67,7 @@ def conv_shared_bytes(tile, geometry, itemsize):
     return itemsize * tile.channels * (in_h * in_w + tile.filters * R * S)
 
 
+@functools.lru_cache(maxsize=1024)
 def choose_conv_tile(C, K, OH, OW, geometry, itemsize, tiles=None):
     """The tile that wastes the least work on this shape (ragged edges, padded channel and filter chunks).
 
@@ -89,6 +90,7 @@ def choose_conv_tile(C, K, OH, OW, geometry, itemsize, tiles=None):
     return best
 
 
+@functools.lru_cache(maxsize=1024)
 def choose_weight_grad_tile(K, CRS, tiles=None):
     """The dW tile that wastes the least of its ``filters x taps`` block on this K x C*R*S."""
     tiles = WEIGHT_GRAD_TILES if tiles is None else tiles

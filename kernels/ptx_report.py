@@ -168,6 +168,19 @@ def markdown(rows):
         for r in rows)
 
 
+def versions():
+    """The compiler stack this report comes from, and the date."""
+    import datetime
+    from importlib import metadata
+    found = []
+    for package in ("numba", "numba-cuda", "nvidia-nvvm", "nvidia-nvjitlink", "cuda-bindings"):
+        try:
+            found.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{package} (not installed)")
+    return f"{datetime.date.today().isoformat()}: " + ", ".join(found)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHES), help="compute capabilities, e.g. 80 90")
@@ -179,7 +192,8 @@ def main(argv=None):
         f"lmem {r['local_bytes']} spills {r['spill_store_bytes']}/{r['spill_load_bytes']}", file=sys.stderr))
     from gpuconv.fileio import atomic_write
     if args.markdown:
-        atomic_write(args.markdown, lambda f: f.write(markdown(rows).encode()))
+        text = f"# Offline compile report\n\n{versions()}\n\n" + markdown(rows)
+        atomic_write(args.markdown, lambda f: f.write(text.encode()))
     if args.json:
         atomic_write(args.json, lambda f: f.write(json.dumps(rows, indent=1).encode()))
     bad = [r for r in rows if r["kernel"] in CONV_LIKE and (r["local_bytes"] or r["spill_store_bytes"])]

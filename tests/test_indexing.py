@@ -1,7 +1,6 @@
 """Index arithmetic: the shared helpers against brute force, and past 2**31 as plain Python and compiled."""
 import itertools
 
-import numpy as np
 from numba import njit
 
 from gpuconv.kernels import cpu, indexing
@@ -31,6 +30,14 @@ def test_clipped_window_brute_force():
         assert (lo, hi) == ((real[0], real[-1] + 1) if real else (lo, lo))
 
 
+def test_covering_windows_brute_force():
+    for i, stride, pad, window, out_size in itertools.product(range(9), range(1, 4), range(3), range(1, 5),
+                                                              range(0, 7)):
+        lo, hi = indexing.covering_windows(i, stride, pad, window, out_size)
+        covering = [o for o in range(out_size) if o * stride - pad <= i < o * stride - pad + window]
+        assert (lo, hi) == ((covering[0], covering[-1] + 1) if covering else (lo, lo)) and lo <= hi
+
+
 def test_helpers_past_2_to_the_31_compiled_and_plain():
     big = 3 * 2**31 + 5  # an axis (or flattened offset) beyond int32
     compiled = njit(indexing.valid_output_range)
@@ -39,6 +46,7 @@ def test_helpers_past_2_to_the_31_compiled_and_plain():
     assert njit(indexing.conv_output_size)(big, 2, 3, 1, 1) == big
     assert njit(indexing.clipped_window)(big // 4, 2, 0, 4, big) == (0, 4)
     assert njit(indexing.clipped_window)(big // 2, 2, 0, 4, big) == (0, 1)  # starts at big - 1
+    assert njit(indexing.covering_windows)(big - 1, 2, 0, 4, big // 2 + 1) == ((big - 4) // 2 + 1, big // 2 + 1)
 
 
 def test_chunk_planning_for_a_batch_past_2_to_the_31_elements():

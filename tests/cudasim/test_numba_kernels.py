@@ -194,3 +194,19 @@ def test_out_of_memory_names_the_allocation(monkeypatch):
                                           r"\(6272\.0 MiB\)"):
         numba_cuda.conv2d_forward(np.zeros((64, 3, 224, 224), np.float32), np.zeros((512, 3, 1, 1), np.float32),
                                   None, (1, 1), ((0, 0), (0, 0)), (1, 1))
+
+
+def test_gpu_benchmark_harness_runs(tmp_path):
+    import json
+    import pathlib
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / "bench"))
+    import gpu_ops
+    assert gpu_ops.main(["--smoke", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)]) == 0
+    (report,) = tmp_path.glob("gpu-CUDA_simulator-*.json")
+    rows = json.loads(report.read_text())["rows"]
+    assert {r["op"] for r in rows} == {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
+                                       "max_pool_forward", "max_pool_backward", "avg_pool_forward",
+                                       "avg_pool_backward", "relu_forward", "relu_backward"}
+    assert all(r["median_s"] > 0 and r["q25_s"] <= r["median_s"] <= r["q75_s"] for r in rows)
+    assert (tmp_path / report.name.replace(".json", ".md")).exists()
