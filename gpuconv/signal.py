@@ -43,8 +43,12 @@ FILTERS = {
 
 
 def correlate2d(in1, in2, mode="full", boundary="fill", fillvalue=0):
-    """Cross-correlation of 2-D arrays, as ``scipy.signal.correlate2d``."""
-    in1, in2, mode, pad_mode = _check(in1, in2, mode, boundary)
+    """Cross-correlation of 2-D arrays, as ``scipy.signal.correlate2d``.
+
+    Runs on the active backend; the result lives where the inputs do (NumPy in, NumPy
+    out, even when a GPU backend computes it).
+    """
+    in1, in2, mode, pad_mode, on_host = _check(in1, in2, mode, boundary)
     swapped = mode == "valid" and _valid_swap_needed(in1.shape, in2.shape)
     if swapped:
         in1, in2 = in2, in1
@@ -52,19 +56,27 @@ def correlate2d(in1, in2, mode="full", boundary="fill", fillvalue=0):
     offsets = {"full": (0, 0), "same": (in2.shape[0] // 2, in2.shape[1] // 2),
                "valid": (in2.shape[0] - 1, in2.shape[1] - 1)}[mode]
     out = _correlate_region(in1, in2, mode, offsets, pad_mode, fillvalue)
-    return out[::-1, ::-1] if swapped else out
+    return _returned(out[::-1, ::-1] if swapped else out, on_host)
 
 
 def convolve2d(in1, in2, mode="full", boundary="fill", fillvalue=0):
-    """Convolution of 2-D arrays (correlation with the flipped kernel), as ``scipy.signal.convolve2d``."""
-    in1, in2, mode, pad_mode = _check(in1, in2, mode, boundary)
+    """Convolution of 2-D arrays (correlation with the flipped kernel), as ``scipy.signal.convolve2d``.
+
+    Runs on the active backend; the result lives where the inputs do.
+    """
+    in1, in2, mode, pad_mode, on_host = _check(in1, in2, mode, boundary)
     if mode == "valid" and _valid_swap_needed(in1.shape, in2.shape):
         in1, in2 = in2, in1  # convolution commutes
     flipped = in2[::-1, ::-1]
     # scipy's centre for convolution is at (k-1)//2
     offsets = {"full": (0, 0), "same": ((in2.shape[0] - 1) // 2, (in2.shape[1] - 1) // 2),
                "valid": (in2.shape[0] - 1, in2.shape[1] - 1)}[mode]
-    return _correlate_region(in1, flipped, mode, offsets, pad_mode, fillvalue)
+    return _returned(_correlate_region(in1, flipped, mode, offsets, pad_mode, fillvalue), on_host)
+
+
+def _returned(out, on_host):
+    """Back to the host when the inputs came from there."""
+    return out.get() if on_host and hasattr(out, "get") else out
 
 
 def _correlate_region(in1, kernel, mode, offsets, pad_mode, fillvalue):
@@ -91,8 +103,14 @@ def _correlate_region(in1, kernel, mode, offsets, pad_mode, fillvalue):
 
 
 def _check(in1, in2, mode, boundary):
-    xp = backend.array_module(in1)
-    in1, in2 = xp.asarray(in1), xp.asarray(in2)
+    """Inputs as arrays of the active backend, and whether both came from the host."""
+    kern = backend.kernels()
+    on_host = True
+    for name, array in (("in1", in1), ("in2", in2)):
+        if hasattr(array, "__cuda_array_interface__"):
+            kern.check_array(array, name)  # a GPU array on the CPU backend: refused with a clear message
+            on_host = False
+    in1, in2 = kern.xp.asarray(in1), kern.xp.asarray(in2)
     for name, array in (("in1", in1), ("in2", in2)):
         if array.ndim != 2:
             raise ValueError(f"{name} must be a 2-D array, got shape {tuple(array.shape)}")
@@ -104,7 +122,7 @@ def _check(in1, in2, mode, boundary):
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     if boundary not in _BOUNDARIES:
         raise ValueError(f"boundary must be 'fill', 'wrap' or 'symm', got {boundary!r}")
-    return in1, in2, mode, _BOUNDARIES[boundary]
+    return in1, in2, mode, _BOUNDARIES[boundary], on_host
 
 
 def _valid_swap_needed(shape1, shape2):

@@ -40,15 +40,17 @@ else:
         raise RuntimeError("backend 'numba' keeps tensors as CuPy arrays; install CuPy for your CUDA version, "
                            "e.g. pip install cupy-cuda13x") from error
 
+_OUT_OF_MEMORY = (MemoryError,) if SIMULATOR else (MemoryError, xp.cuda.memory.OutOfMemoryError)
+_streams = {}
+
+
+# --------------------------------------------------------------------------- launching
+
 @functools.lru_cache(maxsize=None)
 def _compiled(source, *config):
     """``cuda.jit`` of ``source(*config)``: one dispatcher per configuration, compiled on first launch."""
     return cuda.jit(source(*config))
 
-
-# --------------------------------------------------------------------------- launching
-
-_streams = {}
 
 
 def _launch(kernel, blocks, threads, *args):
@@ -63,23 +65,30 @@ def _launch(kernel, blocks, threads, *args):
     kernel[blocks, threads, stream](*args)
 
 
-_OUT_OF_MEMORY = (MemoryError,) if SIMULATOR else (MemoryError, xp.cuda.memory.OutOfMemoryError)
-
-
 def _launch_elementwise(kernel, items, *args):
     """Launch a one-thread-per-element kernel over ``items`` elements."""
     threads = cuda_kernels.THREADS_1D
     _launch(kernel, cuda_kernels.grid_blocks(items, threads), threads, *args)
 
 
-def _new(shape, dtype, what, zeroed=False):
+def _new(shape, dtype, what):
     """A new device array; out-of-memory is reported with what was asked for."""
     try:
-        return (xp.zeros if zeroed else xp.empty)(shape, dtype)
+        return xp.empty(shape, dtype)
     except _OUT_OF_MEMORY as error:
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         raise MemoryError(f"GPU out of memory allocating {what}: shape {tuple(shape)} {np.dtype(dtype)} "
                           f"({nbytes / 2**20:.1f} MiB); use a smaller batch") from error
+
+
+@functools.lru_cache(maxsize=None)
+def _placeholder(dtype, ndim, device_id):
+    """A one-element array standing for an absent argument (no bias, no argmax), kept for reuse."""
+    return _new((1,) * ndim, dtype, "a placeholder argument")
+
+
+def _device_id():
+    return 0 if SIMULATOR else xp.cuda.Device().id
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,7 +100,7 @@ def _target_blocks():
     """Blocks that fill this GPU a few times over: 4 per SM (a fixed number per device: deterministic)."""
     if SIMULATOR:
         return cuda_kernels.TARGET_BLOCKS
-    return _device_target_blocks(xp.cuda.Device().id)
+    return _device_target_blocks(_device_id())
 
 
 def check_array(array, name):
@@ -123,7 +132,7 @@ def _run_conv(x, w, bias, y, geometry, pad_top, pad_left, relu, tile):
     tile = tile or cuda_kernels.choose_conv_tile(C, K, OH, OW, geometry, x.dtype.itemsize, cuda_kernels.CONV_TILES)
     use_bias = bias is not None
     if not use_bias:
-        bias = _new((1,), x.dtype, "a placeholder bias")
+        bias = _placeholder(np.dtype(x.dtype), 1, _device_id())
     kernel = _compiled(cuda_kernels.conv_kernel_source, np.dtype(x.dtype), tile, geometry, bool(relu), use_bias)
     blocks = cuda_kernels.grid_blocks(cuda_kernels.conv_tile_count(N, K, OH, OW, tile), 1)
     _launch(kernel, blocks, tile.rows * tile.cols, x, w, bias, y, _i64(pad_top), _i64(pad_left))
@@ -214,7 +223,8 @@ def pool2d_forward(x, mode, pool, stride, padding):
     OH, OW = (indexing.conv_output_size(i, sum(p), k, s, 1) for i, p, k, s in zip((H, W), padding, pool, stride))
     is_max = mode == "max"
     y = _new((N, C, OH, OW), x.dtype, "the pooling output")
-    argmax = _new((N, C, OH, OW) if is_max else (1, 1, 1, 1), np.int32, "the max-pool argmax")
+    argmax = (_new((N, C, OH, OW), np.int32, "the max-pool argmax") if is_max
+              else _placeholder(np.dtype(np.int32), 4, _device_id()))
     if y.size:
         kernel = _compiled(cuda_kernels.pool_forward_kernel_source, np.dtype(x.dtype), is_max, (*pool, *stride))
         _launch_elementwise(kernel, y.size, _contiguous(x), y, argmax, _i64(padding[0][0]), _i64(padding[1][0]))
@@ -226,7 +236,7 @@ def pool2d_backward(dy, argmax, x_shape, mode, pool, stride, padding):
     is_max = mode == "max"
     dx = _new(x_shape, dy.dtype, "the pooling input gradient")
     if argmax is None:
-        argmax = _new((1, 1, 1, 1), np.int32, "a placeholder argmax")
+        argmax = _placeholder(np.dtype(np.int32), 4, _device_id())
     if dx.size:
         kernel = _compiled(cuda_kernels.pool_backward_kernel_source, np.dtype(dy.dtype), is_max, (*pool, *stride))
         _launch_elementwise(kernel, dx.size, _contiguous(dy), _contiguous(argmax), dx,

@@ -150,3 +150,16 @@ def test_short_mnist_run_reaches_the_cpu_accuracy():
             accuracy[name] = model.evaluate(prepare(x_test[:5000]), y_test[:5000])[1]
     assert accuracy["numba"] > 0.95
     assert abs(accuracy["numba"] - accuracy["cpu"]) < 0.01, accuracy
+
+
+def test_signal_on_the_gpu_keeps_arrays_where_they_were():
+    scipy_signal = pytest.importorskip("scipy.signal")
+    rng = np.random.default_rng(8)
+    image, kernel = rng.standard_normal((300, 200)), rng.standard_normal((5, 3))
+    expected = scipy_signal.correlate2d(image, kernel, "same", boundary="symm")
+    with use_backend("numba"):
+        on_host = gpuconv.signal.correlate2d(image, kernel, "same", boundary="symm")
+        on_gpu = gpuconv.signal.correlate2d(cupy.asarray(image), cupy.asarray(kernel), "same", boundary="symm")
+    assert isinstance(on_host, np.ndarray) and isinstance(on_gpu, cupy.ndarray)
+    np.testing.assert_allclose(on_host, expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(cupy.asnumpy(on_gpu), expected, rtol=1e-10, atol=1e-10)
