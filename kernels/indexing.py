@@ -68,3 +68,11 @@ def covering_windows(in_index, stride, pad_before, window, out_size):
     if lo > hi:
         lo = hi
     return lo, hi
+
+
+def unravel_nchw(flat_index, C, H, W):
+    """``(n, c, h, w)`` of element ``flat_index`` of a C-contiguous (N, C, H, W) array."""
+    w = flat_index % W
+    h = (flat_index // W) % H
+    plane = flat_index // (W * H)
+    return plane // C, plane % C, h, w

@@ -128,6 +128,7 @@ def conv_tile_count(N, K, OH, OW, tile):
 
 _clipped_window = cuda.jit(device=True)(indexing.clipped_window)
 _covering_windows = cuda.jit(device=True)(indexing.covering_windows)
+_unravel_nchw = cuda.jit(device=True)(indexing.unravel_nchw)
 
 
 def _numba_type(dtype):
@@ -390,11 +391,7 @@ def pool_forward_kernel_source(dtype, is_max, window):
         C, H, W = x.shape[1], x.shape[2], x.shape[3]
         OH, OW = y.shape[2], y.shape[3]
         for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-            ow = i % OW
-            oh = (i // OW) % OH
-            plane = i // (OW * OH)
-            n = plane // C
-            c = plane % C
+            n, c, oh, ow = _unravel_nchw(i, C, OH, OW)
             h0 = oh * SH - pad_top
             w0 = ow * SW - pad_left
             r_lo, r_hi = _clipped_window(oh, SH, pad_top, PH, H)
@@ -437,11 +434,7 @@ def pool_backward_kernel_source(dtype, is_max, window):
         C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
         OH, OW = dy.shape[2], dy.shape[3]
         for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-            w = i % W
-            h = (i // W) % H
-            plane = i // (W * H)
-            n = plane // C
-            c = plane % C
+            n, c, h, w = _unravel_nchw(i, C, H, W)
             oh_lo, oh_hi = _covering_windows(h, SH, pad_top, PH, OH)
             ow_lo, ow_hi = _covering_windows(w, SW, pad_left, PW, OW)
             total = ZERO

@@ -38,6 +38,15 @@ def test_covering_windows_brute_force():
         assert (lo, hi) == ((covering[0], covering[-1] + 1) if covering else (lo, lo)) and lo <= hi
 
 
+def test_unravel_nchw_matches_numpy():
+    import numpy as np
+    shape = (3, 4, 5, 7)
+    for i in range(0, 420, 11):
+        assert indexing.unravel_nchw(i, *shape[1:]) == tuple(int(v) for v in np.unravel_index(i, shape))
+    big = (2**33 + 3) * 4 * 5 * 7 + 123
+    assert njit(indexing.unravel_nchw)(big, 4, 5, 7) == (2**33 + 3, 3, 2, 4)
+
+
 def test_helpers_past_2_to_the_31_compiled_and_plain():
     big = 3 * 2**31 + 5  # an axis (or flattened offset) beyond int32
     compiled = njit(indexing.valid_output_range)
