@@ -196,17 +196,15 @@ def test_out_of_memory_names_the_allocation(monkeypatch):
                                   None, (1, 1), ((0, 0), (0, 0)), (1, 1))
 
 
-def test_gpu_benchmark_harness_runs(tmp_path):
+def test_benchmark_suite_runs_the_numba_backend(tmp_path):
     import json
     import pathlib
     import sys
-    sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / "bench"))
-    import gpu_ops
-    assert gpu_ops.main(["--smoke", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)]) == 0
-    (report,) = tmp_path.glob("gpu-CUDA_simulator-*.json")
-    rows = json.loads(report.read_text())["rows"]
-    assert {r["op"] for r in rows} == {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
-                                       "max_pool_forward", "max_pool_backward", "avg_pool_forward",
-                                       "avg_pool_backward", "relu_forward", "relu_backward"}
-    assert all(r["median_s"] > 0 and r["q25_s"] <= r["median_s"] <= r["q75_s"] for r in rows)
-    assert (tmp_path / report.name.replace(".json", ".md")).exists()
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[2]))
+    from bench import counts, suite
+    assert suite.main(["--shapes", "tiny", "--backends", "numba", "--anchors", "--no-end-to-end",
+                       "--repeats", "2", "--warmup", "0", "--out", str(tmp_path)]) == 0
+    (directory,) = tmp_path.glob("cuda-simulator-*")
+    rows = json.loads((directory / "results.json").read_text())["ops"]
+    assert {r["op"] for r in rows} == set(counts.OPS)
+    assert all(r["target"] == "numba" and r["correct"] and r["median_s"] > 0 for r in rows)

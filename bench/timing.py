@@ -1,0 +1,71 @@
+"""Timers and the measuring loop: compile time apart, warm-up, medians and spread."""
+import time
+
+import numpy as np
+
+
+class WallClock:
+    """Host wall-clock seconds (CPU backends, and the CUDA simulator, which has no events)."""
+
+    def __call__(self, fn):
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    def synchronize(self):
+        pass
+
+
+class CupyEvents:
+    """Seconds of ``fn()`` by CUDA events on CuPy's current stream (where gpuconv's GPU kernels launch)."""
+
+    def __init__(self):
+        import cupy
+        self.cupy = cupy
+
+    def __call__(self, fn):
+        start, end = self.cupy.cuda.Event(), self.cupy.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return self.cupy.cuda.get_elapsed_time(start, end) / 1e3
+
+    def synchronize(self):
+        self.cupy.cuda.get_current_stream().synchronize()
+
+
+class TorchEvents:
+    """Seconds of ``fn()`` by CUDA events on PyTorch's current stream."""
+
+    def __init__(self, torch):
+        self.torch = torch
+
+    def __call__(self, fn):
+        start, end = (self.torch.cuda.Event(enable_timing=True) for _ in range(2))
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    def synchronize(self):
+        self.torch.cuda.synchronize()
+
+
+def measure(calls, timer, repeats, warmup):
+    """Time ``calls[i % len(calls)]()`` (rotating inputs) and summarize.
+
+    The first call (JIT compile, cache load) is timed apart on the wall clock;
+    then ``warmup`` untimed calls; then ``repeats`` timed ones.
+    """
+    start = time.perf_counter()
+    calls[0]()
+    timer.synchronize()
+    first = time.perf_counter() - start
+    for i in range(warmup):
+        calls[i % len(calls)]()
+    times = [timer(calls[i % len(calls)]) for i in range(max(1, repeats))]
+    q25, median, q75 = np.percentile(times, [25, 50, 75])
+    return dict(first_call_s=first, median_s=float(median), q25_s=float(q25), q75_s=float(q75),
+                min_s=float(min(times)), repeats=len(times))

@@ -1,0 +1,83 @@
+"""The benchmark suite's harness on the CPU: work counts against hand-computed values, the correctness
+gate, and a tiny end-to-end run writing every output file."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from bench import counts, suite  # noqa: E402
+from bench.timing import WallClock, measure  # noqa: E402
+
+
+def test_conv_flops_of_the_seeds_layers():
+    # the seeds' steel-defect (NEU) model: 3x3 'same' convs on 200x200 grey images, one image
+    assert counts.conv_flops(1, 1, 200, 200, 32) == 2 * 32 * 200 * 200 * 1 * 9 == 23_040_000
+    assert counts.conv_flops(1, 32, 100, 100, 64) == 368_640_000
+    assert counts.conv_flops(1, 64, 50, 50, 128) == 368_640_000
+    # cnn-lecture-lee-slides' MNIST model: 25 then 50 filters, 3x3 'valid' (28 -> 26, 13 -> 11)
+    assert counts.conv_flops(1, 1, 28, 28, 25, pad=0) == 2 * 25 * 26 * 26 * 9 == 304_200
+    assert counts.conv_flops(1, 25, 13, 13, 50, pad=0) == 2 * 50 * 11 * 11 * 25 * 9 == 2_722_500
+    # the example model's first layer at batch 128
+    assert counts.op_work("conv2d_forward", counts.SHAPES["mnist_conv1"])[0] == 57_802_752
+    assert counts.op_work("conv2d_backward_weight", (1, 1, 200, 200, 32))[0] == 23_040_000
+
+
+def test_bytes_of_memory_bound_ops():
+    shape = (2, 3, 4, 6, 5)  # activation (2, 5, 4, 6): 240 elements, pooled (2, 5, 2, 3): 60
+    assert counts.op_work("relu_forward", shape) == (0, 4 * 2 * 240)
+    assert counts.op_work("relu_backward", shape) == (0, 4 * 3 * 240)
+    assert counts.op_work("max_pool_forward", shape) == (0, 4 * (240 + 60) + 4 * 60)
+    assert counts.op_work("avg_pool_backward", shape) == (0, 4 * (60 + 240))
+    flops, nbytes = counts.op_work("conv2d_forward", shape)
+    assert nbytes == 4 * (2 * 3 * 4 * 6 + 5 * 3 * 9 + 240)
+
+
+def test_measure_reports_compile_time_apart_and_the_spread():
+    calls = []
+
+    def slow_first():
+        calls.append(1)
+        if len(calls) == 1:
+            import time
+            time.sleep(0.05)
+
+    result = measure([slow_first], WallClock(), repeats=5, warmup=2)
+    assert len(calls) == 1 + 2 + 5
+    assert result["first_call_s"] >= 0.05 > result["median_s"]
+    assert result["q25_s"] <= result["median_s"] <= result["q75_s"] and result["repeats"] == 5
+
+
+def test_a_wrong_result_is_flagged(monkeypatch):
+    target = suite.gpuconv_target("cpu")
+    right = target.ops["relu_forward"]
+    target.ops = dict(target.ops, relu_forward=lambda a: right(a) + 1e-2)
+    rows = suite.run_shape("tiny", counts.SMOKE_SHAPES["tiny"], ["relu_forward", "conv2d_forward"], [target], 2,
+                           0, np.random.default_rng(0), lambda text: None)
+    verdict = {r["op"]: r["correct"] for r in rows}
+    assert verdict == {"relu_forward": False, "conv2d_forward": True}
+
+
+def test_suite_writes_json_markdown_and_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    code = suite.main(["--shapes", "tiny", "--backends", "cpu", "--anchors", "scipy", "--repeats", "2",
+                       "--warmup", "0", "--batches", "1", "--out", str(tmp_path)])
+    assert code == 0
+    (directory,) = tmp_path.iterdir()
+    assert directory.name.endswith(suite.datetime.date.today().isoformat())
+    document = json.loads((directory / "results.json").read_text())
+    ops = document["ops"]
+    assert {r["op"] for r in ops if r["target"] == "cpu"} == set(counts.OPS)
+    assert [r["target"] for r in ops if r["op"] == "conv2d_forward"] == ["cpu", "scipy"]
+    cpu_conv = next(r for r in ops if r["op"] == "conv2d_forward" and r["target"] == "cpu")
+    assert cpu_conv["speedup_vs"]["scipy"] > 0 and cpu_conv["gflops"] > 0 and cpu_conv["correct"]
+    assert document["environment"]["peaks"]["cpu"]["copy_gbps"] > 0
+    assert document["environment"]["git_commit"] is not None
+    assert document["end_to_end"][0]["train_images_per_s"] > 0
+    table = (directory / "results.md").read_text()
+    assert "| conv2d_forward | tiny | cpu |" in table and "End to end" in table
+    for plot in ("throughput.png", "roofline.png"):
+        assert (directory / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
