@@ -249,7 +249,6 @@ def measure_peaks(targets, log):
                              sgemm_gflops=2.0 * n ** 3 / gemm["median_s"] / 1e9)
         log(f"peaks {device}: copy {peaks[device]['copy_gbps']:.1f} GB/s, "
             f"SGEMM {peaks[device]['sgemm_gflops']:.0f} GFLOP/s")
-        del src, dst, a, c
     return peaks
 
 
