@@ -124,7 +124,10 @@ def plot_roofline(path, info, rows):
     bandwidth.set_xticklabels(labels, rotation=90, fontsize=6)
     bandwidth.set_ylabel("% of measured copy bandwidth")
     bandwidth.set_title("pooling and ReLU")
-    bandwidth.legend(fontsize=8)
+    if memory:
+        bandwidth.legend(fontsize=8)
+    else:
+        bandwidth.text(0.5, 0.5, "no measured peak for this device", ha="center", transform=bandwidth.transAxes)
     fig.suptitle(f"{info['device']}, {info['date']}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -24,3 +24,21 @@ def cpu_backend():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def poison_gpu_outputs(monkeypatch):
+    """Fill every array the 'numba' backend allocates with NaN (-7 for integers) before its kernel runs.
+
+    A kernel that skips an element then fails the comparison, instead of passing on
+    memory that happened to hold the right value or zeros.
+    """
+    from gpuconv.kernels import numba_cuda
+    allocate = numba_cuda._new
+
+    def poisoned(shape, dtype, what):
+        array = allocate(shape, dtype, what)
+        array.fill(np.nan if np.dtype(dtype).kind == "f" else -7)
+        return array
+
+    monkeypatch.setattr(numba_cuda, "_new", poisoned)

@@ -12,7 +12,8 @@ import reference as ref
 from gpuconv import Tensor, backend, use_backend
 
 pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not backend._cuda_gpu_present(), reason="needs a CUDA GPU")]
+              pytest.mark.skipif(not backend._cuda_gpu_present(), reason="needs a CUDA GPU"),
+              pytest.mark.usefixtures("poison_gpu_outputs")]  # outputs start as NaN: unwritten elements fail
 cupy = pytest.importorskip("cupy") if backend._cuda_gpu_present() else None
 
 # (N, C, H, W, K, R, S, stride, padding): the benchmark shapes, a strided and a dilated one

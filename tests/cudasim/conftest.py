@@ -7,6 +7,8 @@ its blocks or elements runs more than one round.
 import os
 import sys
 
+import pytest
+
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     raise RuntimeError("tests/cudasim needs NUMBA_ENABLE_CUDASIM=1 set before numba is imported; "
                        "run it through tests/test_cuda_simulator.py")
@@ -24,3 +26,8 @@ cuda_kernels.WEIGHT_GRAD_TILES = TINY_WEIGHT_GRAD_TILES
 cuda_kernels.THREADS_1D = 8
 cuda_kernels.MAX_BLOCKS = 6
 cuda_kernels.TARGET_BLOCKS = 5
+
+
+@pytest.fixture(autouse=True)
+def every_output_poisoned(poison_gpu_outputs):
+    """See tests/conftest.py: outputs start as NaN, so an unwritten element fails its test."""
