@@ -6,8 +6,8 @@
 #
 # The device machine has numba-cuda, CuPy, PyTorch, pytest, hypothesis, scipy and matplotlib, and no
 # network. For the MNIST GPU test, carry the data: here, `mkdir -p .data/mnist && for f in
-# ~/.cache/gpuconv/mnist/*; do gzip -c "$f" > ".data/mnist/$(basename "$f").gz"; done`, add `/.data/`
-# to .git/info/exclude, and pass carry [".data"]; this script points GPUCONV_DATA there.
+# ~/.cache/gpuconv/mnist/*; do gzip -c "$f" > ".data/mnist/$(basename "$f").gz"; done` (.data is
+# git-ignored) and pass carry [".data"]; this script points GPUCONV_DATA there.
 # Output goes to $OUT (at most 8 files come back, 2 folders deep); commit bench results with the date.
 set -u -o pipefail
 case "${1:-}" in tests|bench) ;; *) echo "usage: bash bench/gpu_session.sh tests|bench" >&2; exit 2 ;; esac
