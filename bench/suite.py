@@ -146,7 +146,7 @@ def available_targets(backends, anchors, log):
         if name != "cpu" and name not in backend._MODULES:
             log(f"backend {name!r}: not implemented in this version")
             continue
-        if name != "cpu" and not (backend._cuda_gpu_present() or _simulator()):
+        if name != "cpu" and not (backend._cuda_gpu_present() or backend._cuda_simulator()):
             log(f"backend {name!r}: no CUDA GPU")
             continue
         targets.append(gpuconv_target(name))
@@ -166,11 +166,6 @@ def available_targets(backends, anchors, log):
         except ImportError:
             log("anchor torch: not importable")
     return targets
-
-
-def _simulator():
-    from numba import config
-    return bool(config.ENABLE_CUDASIM)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -316,7 +311,7 @@ def environment(targets, peaks):
     from importlib import metadata
     info = dict(date=datetime.date.today().isoformat(), python=platform.python_version(),
                 cpu=_cpu_name(), cores=os.cpu_count(), peaks=peaks,
-                targets=[t.name for t in targets], simulator=_simulator())
+                targets=[t.name for t in targets], simulator=backend._cuda_simulator())
     versions = {}
     for package in ("gpuconv", "numpy", "numba", "numba-cuda", "cupy-cuda13x", "cupy-cuda12x", "scipy", "torch"):
         try:

@@ -110,11 +110,17 @@ def _resolve_auto():
     return _auto_choice
 
 
+def _cuda_simulator():
+    """Whether Numba's CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1 before numba was imported)."""
+    from numba import config
+    return bool(config.ENABLE_CUDASIM)
+
+
 def _cuda_gpu_present():
     """A real CUDA GPU (Numba's simulator does not count: 'auto' never picks it)."""
     try:
-        from numba import config, cuda
-        return not config.ENABLE_CUDASIM and bool(cuda.is_available())
+        from numba import cuda
+        return not _cuda_simulator() and bool(cuda.is_available())
     except Exception:  # no numba-cuda, no driver: no usable GPU
         return False
 

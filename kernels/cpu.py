@@ -33,6 +33,8 @@ import numpy as np
 from numba import njit
 from threadpoolctl import ThreadpoolController
 
+from gpuconv.geometry import output_hw
+
 from . import indexing
 
 name = "cpu"
@@ -177,11 +179,6 @@ def _chunks(n0, n1, out_h, out_w, bytes_per_column, budget):
         for n in range(n0, n1):
             for oh0 in range(0, out_h, rows):
                 yield n, n + 1, oh0, min(oh0 + rows, out_h)
-
-
-def _conv_out_hw(in_hw, kernel_hw, stride, padding, dilation):
-    return tuple(indexing.conv_output_size(i, sum(p), k, s, d)
-                 for i, p, k, s, d in zip(in_hw, padding, kernel_hw, stride, dilation))
 
 
 def _budget(workspace_bytes):
@@ -330,7 +327,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, relu=False, works
     """
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
-    OH, OW = _conv_out_hw((H, W), (R, S), stride, padding, dilation)
+    OH, OW = output_hw((H, W), padding, (R, S), stride, dilation)
     x = np.ascontiguousarray(x)
     w_mat = np.ascontiguousarray(weight).reshape(K, C * R * S)
     use_bias = bias is not None
@@ -566,7 +563,7 @@ def pool2d_forward(x, mode, pool, stride, padding):
     element inside its window.
     """
     N, C, H, W = x.shape
-    OH, OW = _conv_out_hw((H, W), pool, stride, padding, (1, 1))
+    OH, OW = output_hw((H, W), padding, pool, stride)
     x = np.ascontiguousarray(x)
     y = np.empty((N, C, OH, OW), x.dtype)
     args = (pool[0], pool[1], stride[0], stride[1], padding[0][0], padding[1][0])

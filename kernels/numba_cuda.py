@@ -20,7 +20,8 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the installation
     raise RuntimeError("backend 'numba' needs the numba-cuda package: pip install 'gpuconv[cuda]'") from error
 
-from . import indexing
+from gpuconv.geometry import output_hw
+
 from . import numba_cuda_kernels as cuda_kernels
 from .numba_cuda_kernels import ConvTile, WeightGradTile, ceil_div  # noqa: F401  (tiles: for callers choosing them)
 
@@ -146,8 +147,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, relu=False, tile=
     """
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
-    OH, OW = (indexing.conv_output_size(i, sum(p), k, s, d)
-              for i, p, k, s, d in zip((H, W), padding, (R, S), stride, dilation))
+    OH, OW = output_hw((H, W), padding, (R, S), stride, dilation)
     y = _new((N, K, OH, OW), x.dtype, "the conv2d output")
     geometry = (R, S, *stride, *dilation, 1, 1)
     bias = None if bias is None else _contiguous(bias)
@@ -220,7 +220,7 @@ def pool2d_forward(x, mode, pool, stride, padding):
     ``argmax`` is the row-major index ``r*PW + s`` of the chosen element in its window.
     """
     N, C, H, W = x.shape
-    OH, OW = (indexing.conv_output_size(i, sum(p), k, s, 1) for i, p, k, s in zip((H, W), padding, pool, stride))
+    OH, OW = output_hw((H, W), padding, pool, stride)
     is_max = mode == "max"
     y = _new((N, C, OH, OW), x.dtype, "the pooling output")
     argmax = (_new((N, C, OH, OW), np.int32, "the max-pool argmax") if is_max
