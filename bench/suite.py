@@ -146,7 +146,7 @@ def available_targets(backends, anchors, log):
         if name != "cpu" and name not in backend._MODULES:
             log(f"backend {name!r}: not implemented in this version")
             continue
-        if name != "cpu" and not (backend._cuda_gpu_present() or backend._cuda_simulator()):
+        if name != "cpu" and not (backend._cuda_gpu_present() or backend._simulated_gpu(name)):
             log(f"backend {name!r}: no CUDA GPU")
             continue
         targets.append(gpuconv_target(name))
@@ -311,7 +311,8 @@ def environment(targets, peaks):
     from importlib import metadata
     info = dict(date=datetime.date.today().isoformat(), python=platform.python_version(),
                 cpu=_cpu_name(), cores=os.cpu_count(), peaks=peaks,
-                targets=[t.name for t in targets], simulator=backend._cuda_simulator())
+                targets=[t.name for t in targets],
+                simulator=any(backend._simulated_gpu(t.name) for t in targets))
     versions = {}
     for package in ("gpuconv", "numpy", "numba", "numba-cuda", "cupy-cuda13x", "cupy-cuda12x", "scipy", "torch"):
         try:
@@ -330,7 +331,7 @@ def environment(targets, peaks):
         info.update(gpu=props["name"].decode(), driver=cupy.cuda.runtime.driverGetVersion(),
                     cuda_runtime=cupy.cuda.runtime.runtimeGetVersion())
     simulated = any(t.device == "simulator" for t in targets)
-    info["device"] = info.get("gpu") or ("CUDA simulator" if simulated else f"{info['cpu']} {info['cores']} cores")
+    info["device"] = info.get("gpu") or ("simulated GPU" if simulated else f"{info['cpu']} {info['cores']} cores")
     return info
 
 

@@ -45,7 +45,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--backend", default=None, help="auto, cpu or numba (default: GPUCONV_BACKEND or auto)")
+    parser.add_argument("--backend", default=None, help="auto, cpu, numba or cupy (default: GPUCONV_BACKEND or auto)")
     parser.add_argument("--limit", type=int, default=None, help="train on the first N training images only")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--lr-decay", type=float, default=0.5, help="multiply the learning rate by this after "

@@ -21,9 +21,9 @@ KERNELS = (
 )
 
 # Implemented backends, and GPU backends in the order 'auto' prefers them.
-_MODULES = {"cpu": "gpuconv.kernels.cpu", "numba": "gpuconv.kernels.numba_cuda"}
+_MODULES = {"cpu": "gpuconv.kernels.cpu", "numba": "gpuconv.kernels.numba_cuda",
+            "cupy": "gpuconv.kernels.cupy_rawkernel"}
 _GPU_PREFERENCE = ("cupy", "numba")
-_PLANNED = ("cupy",)  # named by the API, not implemented in this version
 BACKENDS = ("auto",) + tuple(_MODULES)
 ENV_VAR = "GPUCONV_BACKEND"
 
@@ -39,14 +39,11 @@ def _checked(name, source="backend"):
     key = name.strip().lower()
     if key in BACKENDS:
         return key
-    if key in _PLANNED:
-        raise ValueError(f"{source} {name!r} is not implemented in this version of gpuconv; "
-                         f"available: {', '.join(map(repr, BACKENDS))}")
     raise ValueError(f"{source} must be one of {', '.join(map(repr, BACKENDS))}; got {name!r}")
 
 
 def set_backend(name):
-    """Choose the backend for this process: 'auto', 'cpu' or 'numba' (Numba CUDA; 'cupy' later).
+    """Choose the backend for this process: 'auto', 'cpu', 'numba' (Numba CUDA) or 'cupy' (CUDA C via CuPy).
 
     A GPU backend is loaded here, so a missing GPU is reported at once.
     """
@@ -97,15 +94,22 @@ def session():
 
 
 def _resolve_auto():
-    """Pick a GPU backend when one is implemented and a CUDA GPU is present, else the CPU; say so once."""
+    """Pick the first GPU backend that loads when a CUDA GPU is present, else the CPU; say so once."""
     global _auto_choice
     if _auto_choice is None:
-        gpu_backends = [b for b in _GPU_PREFERENCE if b in _MODULES]
-        if gpu_backends and _cuda_gpu_present():
-            _auto_choice, why = gpu_backends[0], "a CUDA GPU is present"
-        else:
-            _auto_choice = "cpu"
-            why = "no CUDA GPU found" if gpu_backends else "no GPU backend in this version"
+        _auto_choice, why = "cpu", "no CUDA GPU found"
+        if _cuda_gpu_present():
+            failures = []
+            for name in _GPU_PREFERENCE:
+                try:
+                    _module(name)
+                except RuntimeError as error:  # e.g. CuPy or numba-cuda not installed
+                    failures.append(f"{name}: {error}")
+                    continue
+                _auto_choice, why = name, "a CUDA GPU is present"
+                break
+            else:
+                why = "a CUDA GPU is present but no GPU backend loads: " + "; ".join(failures)
         print(f"gpuconv: backend 'auto' chose {_auto_choice!r} ({why})", file=sys.stderr)
     return _auto_choice
 
@@ -116,12 +120,31 @@ def _cuda_simulator():
     return bool(config.ENABLE_CUDASIM)
 
 
+def _simulated_gpu(name):
+    """Whether GPU backend ``name`` runs on a host stand-in for tests: Numba's simulator or the CUDA C emulator."""
+    if name == "numba":
+        return _cuda_simulator()
+    return name == "cupy" and os.environ.get("GPUCONV_CUDA_EMULATOR") == "1"
+
+
 def _cuda_gpu_present():
-    """A real CUDA GPU (Numba's simulator does not count: 'auto' never picks it)."""
+    """A real CUDA GPU, seen by numba-cuda or CuPy.
+
+    Under Numba's CUDA simulator or the CUDA C emulator (test set-ups) this is
+    False: 'auto' never picks a simulated GPU.
+    """
+    if _simulated_gpu("numba") or _simulated_gpu("cupy"):
+        return False
     try:
         from numba import cuda
-        return not _cuda_simulator() and bool(cuda.is_available())
-    except Exception:  # no numba-cuda, no driver: no usable GPU
+        if cuda.is_available():
+            return True
+    except Exception:  # no numba-cuda, no driver
+        pass
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver: no usable GPU
         return False
 
 

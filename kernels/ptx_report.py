@@ -21,7 +21,8 @@ import numpy as np
 from numba import cuda, types
 
 from . import numba_cuda_kernels as kern
-from .numba_cuda_kernels import SHARED_LIMIT, conv_shared_bytes
+from . import tiling
+from .tiling import SHARED_LIMIT, conv_shared_bytes
 
 ARCHES = (80, 90)
 
@@ -56,7 +57,7 @@ def configurations():
     for dtype in (f32, f64):
         geometries = CONV_GEOMETRIES if dtype == f32 else {"3x3": CONV_GEOMETRIES["3x3"]}
         a4, a1, a3, a2 = (_array(dtype, n) for n in (4, 1, 3, 2))
-        for tile in kern.CONV_TILES:
+        for tile in tiling.CONV_TILES:
             for label, geometry in geometries.items():
                 if conv_shared_bytes(tile, geometry, dtype.itemsize) > SHARED_LIMIT:
                     continue  # never launched: choose_conv_tile skips it
@@ -66,15 +67,15 @@ def configurations():
                                     kern.conv_kernel_source(dtype, tile, geometry, *relu_bias),
                                     (a4, a4, a1, a4, i64, i64), dict(dtype=dtype, tile=tile, geometry=geometry))
         wg_geometries = WEIGHT_GRAD_GEOMETRIES if dtype == f32 else {"3x3": WEIGHT_GRAD_GEOMETRIES["3x3"]}
-        for tile in kern.WEIGHT_GRAD_TILES:
+        for tile in tiling.WEIGHT_GRAD_TILES:
             for label, geometry in wg_geometries.items():
                 yield Configuration("weight_grad", f"{dtype.name} {tuple(tile)} {label}",
                                     kern.weight_grad_kernel_source(dtype, tile, geometry),
                                     (a4, a4, a3, i64, i64, i64), dict(dtype=dtype, tile=tile, geometry=geometry))
         yield Configuration("sum_splits", dtype.name, kern.sum_splits_kernel_source(dtype), (a2, a1),
                             dict(dtype=dtype))
-        yield Configuration("bias_grad", f"{dtype.name} {kern.THREADS_1D} threads",
-                            kern.bias_grad_kernel_source(dtype, kern.THREADS_1D), (a3, a1), dict(dtype=dtype))
+        yield Configuration("bias_grad", f"{dtype.name} {tiling.THREADS_1D} threads",
+                            kern.bias_grad_kernel_source(dtype, tiling.THREADS_1D), (a3, a1), dict(dtype=dtype))
         for label, window in POOL_WINDOWS.items():
             for mode in ("max", "avg"):
                 params = dict(dtype=dtype, window=window)
@@ -181,8 +182,9 @@ def versions():
     return f"{datetime.date.today().isoformat()}: " + ", ".join(found)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def report_main(argv, description, compile_all, versions, title, conv_like):
+    """The command line of an offline compile report: compile, print, write the table; 1 on spills."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHES), help="compute capabilities, e.g. 80 90")
     parser.add_argument("--markdown", help="write the table to this file")
     parser.add_argument("--json", help="write the rows to this file")
@@ -192,12 +194,16 @@ def main(argv=None):
         f"lmem {r['local_bytes']} spills {r['spill_store_bytes']}/{r['spill_load_bytes']}", file=sys.stderr))
     from gpuconv.fileio import atomic_write
     if args.markdown:
-        text = f"# Offline compile report\n\n{versions()}\n\n" + markdown(rows)
+        text = f"# {title}\n\n{versions()}\n\n" + markdown(rows)
         atomic_write(args.markdown, lambda f: f.write(text.encode()))
     if args.json:
         atomic_write(args.json, lambda f: f.write(json.dumps(rows, indent=1).encode()))
-    bad = [r for r in rows if r["kernel"] in CONV_LIKE and (r["local_bytes"] or r["spill_store_bytes"])]
+    bad = [r for r in rows if r["kernel"] in conv_like and (r["local_bytes"] or r["spill_store_bytes"])]
     return 1 if bad else 0
+
+
+def main(argv=None):
+    return report_main(argv, __doc__, compile_all, versions, "Offline compile report", CONV_LIKE)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ from hypothesis import HealthCheck, settings
 
 import gpuconv
 
-# The CUDA simulator tests need a process of their own (test_cuda_simulator.py starts them).
-collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cudasim"]
+# The simulated-GPU tests need a process of their own (test_simulated_gpu.py starts them).
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or os.environ.get("GPUCONV_CUDA_EMULATOR") == "1"
+collect_ignore = [] if SIMULATED else ["simulated"]
 
 settings.register_profile("ci", deadline=None, max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 40)),
                           suppress_health_check=[HealthCheck.too_slow])
@@ -28,17 +29,17 @@ def rng():
 
 @pytest.fixture
 def poison_gpu_outputs(monkeypatch):
-    """Fill every array the 'numba' backend allocates with NaN (-7 for integers) before its kernel runs.
+    """Fill every array a GPU backend allocates with NaN (-7 for integers) before its kernel runs.
 
     A kernel that skips an element then fails the comparison, instead of passing on
     memory that happened to hold the right value or zeros.
     """
-    from gpuconv.kernels import numba_cuda
-    allocate = numba_cuda._new
+    from gpuconv.kernels.gpu_ops import GpuOps
+    allocate = GpuOps._new
 
-    def poisoned(shape, dtype, what):
-        array = allocate(shape, dtype, what)
+    def poisoned(self, shape, dtype, what):
+        array = allocate(self, shape, dtype, what)
         array.fill(np.nan if np.dtype(dtype).kind == "f" else -7)
         return array
 
-    monkeypatch.setattr(numba_cuda, "_new", poisoned)
+    monkeypatch.setattr(GpuOps, "_new", poisoned)

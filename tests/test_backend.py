@@ -1,4 +1,5 @@
 """Backend choice: per process, per block, by environment; dispatch in one place."""
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,8 @@ from gpuconv import backend
 
 def run_python(code, *args, **env):
     import os
-    full_env = {k: v for k, v in os.environ.items() if k not in ("GPUCONV_BACKEND", "NUMBA_ENABLE_CUDASIM")}
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("GPUCONV_BACKEND", "NUMBA_ENABLE_CUDASIM", "GPUCONV_CUDA_EMULATOR")}
     full_env.update(env)
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full_env)
 
@@ -28,8 +30,9 @@ print("ok")
 
 @pytest.mark.parametrize("name", backend.BACKENDS[1:])
 def test_every_backend_provides_the_same_kernels(name):
-    # a GPU backend without a GPU loads on Numba's CUDA simulator, which must be set before numba's import
-    env = {} if name == "cpu" or backend._cuda_gpu_present() else {"NUMBA_ENABLE_CUDASIM": "1"}
+    # without a GPU, a GPU backend loads on Numba's CUDA simulator or the CUDA C emulator (set before import)
+    env = {} if name == "cpu" or backend._cuda_gpu_present() else {"NUMBA_ENABLE_CUDASIM": "1",
+                                                                   "GPUCONV_CUDA_EMULATOR": "1"}
     result = run_python(CHECK_KERNELS, name, **env)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
@@ -42,8 +45,7 @@ def test_use_backend_restores_previous_choice():
 
 
 @pytest.mark.parametrize("bad,error,match", [
-    ("tpu", ValueError, r"backend must be one of 'auto', 'cpu', 'numba'; got 'tpu'"),
-    ("cupy", ValueError, r"'cupy' is not implemented in this version"),
+    ("tpu", ValueError, r"backend must be one of 'auto', 'cpu', 'numba', 'cupy'; got 'tpu'"),
     (3, TypeError, r"backend must be a string"),
 ])
 def test_bad_backend_names(bad, error, match):
@@ -55,11 +57,14 @@ def test_bad_backend_names(bad, error, match):
 
 
 @pytest.mark.skipif(backend._cuda_gpu_present(), reason="a CUDA GPU is present")
-def test_numba_without_a_gpu_or_the_simulator_says_so():
+def test_gpu_backends_without_a_gpu_say_so():
     result = run_python("import gpuconv; gpuconv.set_backend('numba')")
     assert result.returncode != 0
     assert ("RuntimeError: backend 'numba' needs a CUDA GPU and none was found" in result.stderr
             and "NUMBA_ENABLE_CUDASIM=1" in result.stderr), result.stderr
+    result = run_python("import gpuconv; gpuconv.set_backend('cupy')")
+    assert result.returncode != 0
+    assert re.search(r"RuntimeError: backend 'cupy' needs (CuPy|a CUDA GPU)", result.stderr), result.stderr
     # 'auto' falls back to the CPU instead
     result = run_python("import gpuconv; print(gpuconv.get_backend())")
     assert result.stdout.strip() == "cpu" and "no CUDA GPU found" in result.stderr

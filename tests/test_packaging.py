@@ -24,7 +24,9 @@ def test_wheel_file_list(tmp_path):
     assert "gpuconv/kernels/__init__.py" in names and "gpuconv/kernels/cpu.py" in names
     assert "gpuconv/kernels/indexing.py" in names
     assert not any(n.startswith("kernels/") for n in names)
-    for cu in (ROOT / "kernels").rglob("*.cu"):  # CUDA sources ship as package data
+    sources = [p for pattern in ("*.cu", "*.cuh", "*.h") for p in (ROOT / "kernels").rglob(pattern)]
+    assert len(sources) >= 7
+    for cu in sources:  # CUDA C sources and headers ship as package data
         assert f"gpuconv/kernels/{cu.relative_to(ROOT / 'kernels').as_posix()}" in names
     top_level = [n for n in names if n.endswith("top_level.txt")]
     if top_level:

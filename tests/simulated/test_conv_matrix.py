@@ -1,9 +1,10 @@
-"""conv2d forward and gradients on the 'numba' backend (CUDA simulator, tiny tiles) over the full case matrix."""
+"""conv2d forward and gradients on the simulated GPU backend (tiny tiles) over the full case matrix."""
 import numpy as np
 import pytest
 
 import reference as ref
-from test_numba_kernels import CASES, case_arrays, conv_case, conv_with_grads
+from gpu_under_test import BACKEND
+from test_gpu_kernels import CASES, case_arrays, conv_case, conv_with_grads
 
 
 @pytest.mark.parametrize("geometry,stride,padding,dilation", CASES)
@@ -12,7 +13,7 @@ def test_conv2d_forward_and_gradients(rng, geometry, stride, padding, dilation):
     stride_hw, pads, dilation_hw = conv_case(geometry, stride, padding, dilation)
     y_ref = ref.conv2d(x, w, b, stride_hw, pads, dilation_hw)
     dy = rng.standard_normal(y_ref.shape)
-    got = conv_with_grads("numba", x, w, b, dy, stride, padding, dilation)
+    got = conv_with_grads(BACKEND, x, w, b, dy, stride, padding, dilation)
     expected = (y_ref,) + ref.conv2d_grads(x, w, dy, stride_hw, pads, dilation_hw)
     on_cpu = conv_with_grads("cpu", x, w, b, dy, stride, padding, dilation)
     for name, g, e, c in zip(("y", "dx", "dw", "db"), got, expected, on_cpu):
