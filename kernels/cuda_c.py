@@ -109,11 +109,14 @@ def _inlined(file):
     return re.sub(r'^#include "([\w.]+)"$', lambda m: _inlined(m.group(1)), text, flags=re.M)
 
 
+def c_type(param, dtype):
+    """The plain C type of a parameter for ``dtype`` (T and i64 spelled out)."""
+    return param.ctype.replace("T*", C_TYPES[np.dtype(dtype)] + "*").replace("i64", "long long")
+
+
 def signature_type(kernel, dtype):
     """The C function-pointer type ``SIGNATURES`` declares for ``kernel``."""
-    ctypes = [p.ctype.replace("T*", C_TYPES[np.dtype(dtype)] + "*").replace("i64", "long long")
-              for p in parameters(kernel)]
-    return f"void (*)({', '.join(ctypes)})"
+    return f"void (*)({', '.join(c_type(p, dtype) for p in parameters(kernel))})"
 
 
 def source(module):

@@ -37,11 +37,10 @@ def cache_dir():
 
 def _wrappers(module):
     """One ``extern "C"`` launcher per kernel, reading each argument as the type ``SIGNATURES`` declares."""
-    dtype = cuda_c.C_TYPES[cuda_c.dtype_of(module)]
+    dtype = cuda_c.dtype_of(module)
     text = ""
     for kernel in cuda_c.kernels_of(module):
-        reads = ", ".join(f"*({p.ctype.replace('T*', dtype + '*').replace('i64', 'long long')}*)args[{i}]"
-                          for i, p in enumerate(cuda_c.parameters(kernel)))
+        reads = ", ".join(f"*({cuda_c.c_type(p, dtype)}*)args[{i}]" for i, p in enumerate(cuda_c.parameters(kernel)))
         text += (f'extern "C" int gpuconv_launch_{kernel}(unsigned grid, unsigned block, void** args)\n'
                  f'{{\n    return gpuconv_emulator::launch(grid, block, [args] {{ {kernel}({reads}); }});\n}}\n')
     return text

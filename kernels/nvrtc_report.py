@@ -9,14 +9,13 @@ its verbose log gives registers, shared memory, local memory and spills.
 """
 import re
 import sys
-import time
 from collections import namedtuple
 
 import numpy as np
 
 from . import cuda_c, tiling
 from .ptx_report import (ARCHES, CONV_GEOMETRIES, POOL_WINDOWS, WEIGHT_GRAD_GEOMETRIES, assemble, markdown,  # noqa: F401
-                         report_main, resources)
+                         collect, report_main, resources)
 
 CONV_LIKE = ("conv2d", "conv2d_weight_grad")  # register-blocked kernels: local memory there is a defect
 
@@ -95,22 +94,16 @@ def compile_ptx(module, arch):
 
 def compile_all(arches=ARCHES, progress=None):
     """Compile every module once per arch; return one row per (kernel configuration, arch)."""
-    rows, compiled = [], {}
-    for config in configurations():
-        for arch in arches:
-            key = (config.module, arch)
-            start = time.perf_counter()
-            if key not in compiled:
-                ptx, log = compile_ptx(config.module, arch)
-                compiled[key] = (ptx, log, assemble(ptx, arch))
-            ptx, log, assembler_log = compiled[key]
-            row = dict(kernel=config.kernel, config=config.description, arch=f"sm_{arch}",
-                       **resources(_function_log(assembler_log, config.kernel)), warnings=log)
-            row["compile_s"] = round(time.perf_counter() - start, 3)
-            rows.append(row)
-            if progress:
-                progress(row)
-    return rows
+    compiled = {}  # a module holds several kernels: compile it once per arch
+
+    def measure(config, arch):
+        key = (config.module, arch)
+        if key not in compiled:
+            ptx, log = compile_ptx(config.module, arch)
+            compiled[key] = (log, assemble(ptx, arch))
+        log, assembler_log = compiled[key]
+        return dict(resources(_function_log(assembler_log, config.kernel)), warnings=log)
+    return collect(configurations(), arches, measure, progress)
 
 
 def _function_log(log, kernel):

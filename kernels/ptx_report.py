@@ -145,14 +145,20 @@ def _device_functions_target(arch):
 
 def compile_all(arches=ARCHES, progress=None):
     """Compile every configuration for every arch; return one row per (configuration, arch)."""
+    def measure(config, arch):
+        with _device_functions_target(arch):
+            ptx, _ = cuda.compile_ptx(config.function, config.signature, cc=divmod(arch, 10))
+        return resources(assemble(ptx, arch))
+    return collect(configurations(), arches, measure, progress)
+
+
+def collect(configurations, arches, measure, progress=None):
+    """One row per (configuration, arch): ``measure(config, arch)`` gives its fields, timed as compile_s."""
     rows = []
-    for config in configurations():
+    for config in configurations:
         for arch in arches:
             start = time.perf_counter()
-            with _device_functions_target(arch):
-                ptx, _ = cuda.compile_ptx(config.function, config.signature, cc=divmod(arch, 10))
-            row = dict(kernel=config.kernel, config=config.description, arch=f"sm_{arch}",
-                       **resources(assemble(ptx, arch)))
+            row = dict(kernel=config.kernel, config=config.description, arch=f"sm_{arch}", **measure(config, arch))
             row["compile_s"] = round(time.perf_counter() - start, 3)
             rows.append(row)
             if progress:
