@@ -20,17 +20,17 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . > "$out/install.lo
 case "${1:-}" in
 tests)
     { nvidia-smi; python3 -m pip list 2>/dev/null | grep -i -E "^(numba|cupy|torch|numpy) "; } > "$out/gpu-tests.log" 2>&1
-    python3 -m pytest -m gpu tests/test_gpu.py -q -rs 2>&1 | tee -a "$out/gpu-tests.log" | tail -15
+    python3 -m pytest -m gpu tests/backends/test_gpu.py -q -rs 2>&1 | tee -a "$out/gpu-tests.log" | tail -15
     python3 -m pytest -q -x 2>&1 | tee "$out/all-tests.log" | tail -5
     ;;
 bench)
     python3 -m bench --repeats 20 --out "$out" 2>&1 | tee "$out/bench.log" | tail -30
     # the sanitizers slow kernels 10-100x: the gpu tests without the long ones
     select="not mnist and not out_of_memory and not bit_identical"
-    compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -m gpu tests/test_gpu.py -q -k "$select" \
+    compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -m gpu tests/backends/test_gpu.py -q -k "$select" \
         > "$out/memcheck.log" 2>&1; echo "memcheck exit $?" | tee -a "$out/memcheck.log"
     # racecheck: the shared-memory kernels (conv, dW, bias gradient) of both GPU backends, on small shapes
-    compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -m gpu tests/test_gpu.py -q \
+    compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -m gpu tests/backends/test_gpu.py -q \
         -k "float64 or three_backends" > "$out/racecheck.log" 2>&1; echo "racecheck exit $?" | tee -a "$out/racecheck.log"
     tail -3 "$out/memcheck.log" "$out/racecheck.log"
     ;;

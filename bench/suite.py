@@ -55,7 +55,7 @@ class Target:
 
 def gpuconv_target(name):
     """A gpuconv backend: its kernels called directly, as the layers call them."""
-    kern = backend._module(name)
+    kern = backend.load(name)
     on_gpu = kern.xp is not np
     ops = {
         "conv2d_forward": lambda a: kern.conv2d_forward(a["x"], a["w"], a["b"], STRIDE, PAD, DIL),
@@ -78,10 +78,9 @@ def gpuconv_target(name):
         out["argmax"] = kern.pool2d_forward(out["act"], "max", POOL, POOL, POOL_PAD)[1]
         return out
 
-    to_host = (lambda y: y.get()) if on_gpu and hasattr(kern.xp, "asnumpy") else np.asarray
     timer = CupyEvents() if on_gpu else WallClock()
     device = "gpu" if on_gpu else "cpu" if name == "cpu" else "simulator"  # no peaks for the simulator
-    return Target(name, "backend", device, timer, ops, to_device, to_host)
+    return Target(name, "backend", device, timer, ops, to_device, backend.to_host)
 
 
 def torch_targets(torch, device):
@@ -143,10 +142,10 @@ def available_targets(backends, anchors, log):
     """The targets asked for that this machine can run; says why each missing one is missing."""
     targets = []
     for name in backends:
-        if name != "cpu" and name not in backend._MODULES:
+        if name not in backend.IMPLEMENTED:
             log(f"backend {name!r}: not implemented in this version")
             continue
-        if name != "cpu" and not (backend._cuda_gpu_present() or backend._simulated_gpu(name)):
+        if name != "cpu" and not (backend.gpu_present() or backend.is_simulated(name)):
             log(f"backend {name!r}: no CUDA GPU")
             continue
         targets.append(gpuconv_target(name))
@@ -312,7 +311,7 @@ def environment(targets, peaks):
     info = dict(date=datetime.date.today().isoformat(), python=platform.python_version(),
                 cpu=_cpu_name(), cores=os.cpu_count(), peaks=peaks,
                 targets=[t.name for t in targets],
-                simulator=any(backend._simulated_gpu(t.name) for t in targets))
+                simulator=any(backend.is_simulated(t.name) for t in targets))
     versions = {}
     for package in ("gpuconv", "numpy", "numba", "numba-cuda", "cupy-cuda13x", "cupy-cuda12x", "scipy", "torch"):
         try:

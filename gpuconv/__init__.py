@@ -6,15 +6,26 @@
     y = F.relu(F.conv2d(x, weights, padding="same"))     # weights KCRS
     y.sum().backward()
 
-Backends: 'auto' (default), 'cpu'. Choose with ``gpuconv.set_backend(name)``,
+The layers, from kernels up: ``gpuconv.kernels`` (one package per backend),
+``gpuconv.backend`` (dispatch), ``gpuconv.tensor`` and ``gpuconv.functional``
+(autograd and ops), ``gpuconv.nn`` (Keras-style layers and models).
+
+Backends: 'auto' (default), 'cpu', 'numba', 'cupy'. Choose with ``gpuconv.set_backend(name)``,
 ``with gpuconv.use_backend(name):`` or the environment variable GPUCONV_BACKEND.
 """
-from gpuconv import callbacks, datasets, functional, layers, losses, optimizers, signal
+import sys
+
+from gpuconv import datasets, functional, nn, signal
 from gpuconv.backend import BACKENDS, get_backend, set_backend, use_backend
-from gpuconv.model import Sequential
+from gpuconv.nn import Sequential, callbacks, layers, losses, optimizers
 from gpuconv.rng import set_seed
 from gpuconv.tensor import Function, Tensor, no_grad
 
+# The Keras-style modules keep their short names: ``from gpuconv.layers import Conv2D`` imports gpuconv.nn.layers.
+for _module in (callbacks, layers, losses, optimizers):
+    sys.modules[f"gpuconv.{_module.__name__.rsplit('.', 1)[1]}"] = _module
+del _module
+
 __version__ = "0.1.0"
 __all__ = ["Tensor", "Function", "no_grad", "Sequential", "set_seed", "callbacks", "functional", "layers", "losses",
-           "optimizers", "datasets", "signal", "set_backend", "use_backend", "get_backend", "BACKENDS"]
+           "optimizers", "datasets", "signal", "nn", "set_backend", "use_backend", "get_backend", "BACKENDS"]

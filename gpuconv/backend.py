@@ -1,12 +1,18 @@
 """Backend choice and dispatch: the one place where ops meet kernels.
 
-Every backend is a module under ``gpuconv.kernels`` providing the names in
-``KERNELS`` (plus ``name``, ``xp``, the array module, and ``check_array``). Ops
-call ``kernels()`` and never look at which backend they got.
+Every backend is a module ``gpuconv.kernels.<package>.backend`` that fulfils the
+kernel contract of ``gpuconv.kernels.api`` (eight kernels plus ``name``, ``xp``,
+the array module, and ``check_array``). Ops call ``kernels()`` and never look at
+which backend they got; layers and models move arrays with ``xp()``,
+``to_device()`` and ``to_host()``.
 
 The backend is chosen, most specific first, by ``use_backend(...)`` (a context
 manager, per block of code and thread), ``set_backend(...)`` (per process), or the
 environment variable ``GPUCONV_BACKEND``; the default is ``'auto'``.
+
+Public API: ``set_backend``, ``use_backend``, ``get_backend``, ``kernels``,
+``load``, ``session``, ``xp``, ``to_device``, ``to_host``, ``array_module``,
+``gpu_present``, ``is_simulated``; ``IMPLEMENTED``, ``BACKENDS``, ``KERNELS``.
 """
 import contextlib
 import contextvars
@@ -14,18 +20,17 @@ import importlib
 import os
 import sys
 
-KERNELS = (
-    "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
-    "pool2d_forward", "pool2d_backward",
-    "relu_forward", "relu_backward",
-)
+from gpuconv.kernels import api
+from gpuconv.kernels.api import KERNELS  # noqa: F401  (the kernel names, for callers)
 
-# Implemented backends, and GPU backends in the order 'auto' prefers them.
-_MODULES = {"cpu": "gpuconv.kernels.cpu", "numba": "gpuconv.kernels.numba_cuda",
-            "cupy": "gpuconv.kernels.cupy_rawkernel"}
-_GPU_PREFERENCE = ("cupy", "numba")
-BACKENDS = ("auto",) + tuple(_MODULES)
+# Implemented backends: name -> the module that fulfils the kernel contract.
+_MODULES = {"cpu": "gpuconv.kernels.cpu.backend", "numba": "gpuconv.kernels.numba_cuda.backend",
+            "cupy": "gpuconv.kernels.cuda_c.backend"}
+IMPLEMENTED = tuple(_MODULES)
+GPU_BACKENDS = ("cupy", "numba")  # in the order 'auto' prefers them
+BACKENDS = ("auto",) + IMPLEMENTED
 ENV_VAR = "GPUCONV_BACKEND"
+EMULATOR_ENV = "GPUCONV_CUDA_EMULATOR"
 
 _process_choice = None
 _block_choice = contextvars.ContextVar("gpuconv_backend", default=None)
@@ -50,7 +55,7 @@ def set_backend(name):
     global _process_choice
     choice = _checked(name)
     if choice != "auto":
-        _module(choice)
+        load(choice)
     _process_choice = choice
 
 
@@ -59,7 +64,7 @@ def use_backend(name):
     """Use a backend inside a ``with`` block (restored on exit; per thread and async task)."""
     choice = _checked(name)
     if choice != "auto":
-        _module(choice)
+        load(choice)
     token = _block_choice.set(choice)
     try:
         yield get_backend()
@@ -78,13 +83,24 @@ def get_backend():
 
 def kernels():
     """The kernel module of the current backend."""
-    return _module(get_backend())
+    return load(get_backend())
 
 
-def _module(name):
+def load(name):
+    """The kernel module of backend ``name`` (one of ``IMPLEMENTED``), imported and checked on first use.
+
+    Raises RuntimeError when the backend cannot run here (no GPU, CuPy missing), saying why.
+    """
     module = _loaded.get(name)
     if module is None:
-        module = _loaded[name] = importlib.import_module(_MODULES[name])
+        if name not in _MODULES:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, IMPLEMENTED))}; got {name!r}")
+        module = importlib.import_module(_MODULES[name])
+        problems = api.missing(module)
+        if problems:
+            raise TypeError(f"backend {name!r} ({_MODULES[name]}) breaks the kernel contract of "
+                            f"gpuconv.kernels.api: {'; '.join(problems)}")
+        _loaded[name] = module
     return module
 
 
@@ -93,16 +109,47 @@ def session():
     return getattr(kernels(), "session", contextlib.nullcontext)()
 
 
+# ----------------------------------------------------------------------------- arrays
+
+def xp():
+    """The array module of the current backend: NumPy on the CPU, CuPy on a GPU backend."""
+    return kernels().xp
+
+
+def to_device(array, dtype=None):
+    """``array`` (NumPy, CuPy, list, number) as an array of the current backend's module, copied only if needed."""
+    return xp().asarray(array, dtype=dtype)
+
+
+def to_host(array):
+    """``array`` as a NumPy array: CuPy arrays are copied to the host, NumPy arrays returned as they are."""
+    if type(array).__module__.startswith("cupy"):
+        return array.get()
+    import numpy
+    return numpy.asarray(array)
+
+
+def array_module(array):
+    """NumPy for host arrays, CuPy for CuPy arrays (imported only when one is seen)."""
+    if type(array).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    import numpy
+    return numpy
+
+
+# ----------------------------------------------------------------------------- devices
+
 def _resolve_auto():
     """Pick the first GPU backend that loads when a CUDA GPU is present, else the CPU; say so once."""
     global _auto_choice
     if _auto_choice is None:
         _auto_choice, why = "cpu", "no CUDA GPU found"
-        if _cuda_gpu_present():
+        if gpu_present():
             failures = []
-            for name in _GPU_PREFERENCE:
+            for name in GPU_BACKENDS:
                 try:
-                    _module(name)
+                    load(name)
                 except RuntimeError as error:  # e.g. CuPy or numba-cuda not installed
                     failures.append(f"{name}: {error}")
                     continue
@@ -114,26 +161,22 @@ def _resolve_auto():
     return _auto_choice
 
 
-def _cuda_simulator():
-    """Whether Numba's CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1 before numba was imported)."""
-    from numba import config
-    return bool(config.ENABLE_CUDASIM)
-
-
-def _simulated_gpu(name):
-    """Whether GPU backend ``name`` runs on a host stand-in for tests: Numba's simulator or the CUDA C emulator."""
+def is_simulated(name):
+    """Whether GPU backend ``name`` runs on a host stand-in for tests here: 'numba' on Numba's CUDA simulator
+    (NUMBA_ENABLE_CUDASIM=1 before numba was imported), 'cupy' on the CUDA C emulator (GPUCONV_CUDA_EMULATOR=1)."""
     if name == "numba":
-        return _cuda_simulator()
-    return name == "cupy" and os.environ.get("GPUCONV_CUDA_EMULATOR") == "1"
+        from numba import config
+        return bool(config.ENABLE_CUDASIM)
+    return name == "cupy" and os.environ.get(EMULATOR_ENV) == "1"
 
 
-def _cuda_gpu_present():
+def gpu_present():
     """A real CUDA GPU, seen by numba-cuda or CuPy.
 
     Under Numba's CUDA simulator or the CUDA C emulator (test set-ups) this is
     False: 'auto' never picks a simulated GPU.
     """
-    if _simulated_gpu("numba") or _simulated_gpu("cupy"):
+    if is_simulated("numba") or is_simulated("cupy"):
         return False
     try:
         from numba import cuda
@@ -146,12 +189,3 @@ def _cuda_gpu_present():
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:  # no CuPy, no driver: no usable GPU
         return False
-
-
-def array_module(array):
-    """NumPy for host arrays, CuPy for CuPy arrays (imported only when one is seen)."""
-    if type(array).__module__.startswith("cupy"):
-        import cupy
-        return cupy
-    import numpy
-    return numpy

@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-from gpuconv.kernels.indexing import conv_output_size
+from gpuconv.kernels.indexing import output_hw  # noqa: F401  (output sizes: written once, beside the kernels)
 
 PADDING_FORMS = "an int, (ph, pw), ((top, bottom), (left, right)), 'valid' or 'same'"
 
@@ -60,12 +60,6 @@ def resolve_padding(padding, in_hw, extent_hw, stride_hw, allow_explicit=True):
     if min(min(p) for p in pads) < 0:
         raise ValueError(f"padding must be non-negative, got {padding!r}")
     return tuple((int(a), int(b)) for a, b in pads)
-
-
-def output_hw(in_hw, padding, kernel_hw, stride_hw, dilation_hw=(1, 1)):
-    """Output (OH, OW) from normalized arguments."""
-    return tuple(conv_output_size(i, sum(p), k, s, d)
-                 for i, p, k, s, d in zip(in_hw, padding, kernel_hw, stride_hw, dilation_hw))
 
 
 def check_float_array(array, name, ndim=None, layout=None):

@@ -76,7 +76,7 @@ def convolve2d(in1, in2, mode="full", boundary="fill", fillvalue=0):
 
 def _returned(out, on_host):
     """Back to the host when the inputs came from there."""
-    return out.get() if on_host and hasattr(out, "get") else out
+    return backend.to_host(out) if on_host else out
 
 
 def _correlate_region(in1, kernel, mode, offsets, pad_mode, fillvalue):
@@ -110,7 +110,7 @@ def _check(in1, in2, mode, boundary):
         if hasattr(array, "__cuda_array_interface__"):
             kern.check_array(array, name)  # a GPU array on the CPU backend: refused with a clear message
             on_host = False
-    in1, in2 = kern.xp.asarray(in1), kern.xp.asarray(in2)
+    in1, in2 = backend.to_device(in1), backend.to_device(in2)
     for name, array in (("in1", in1), ("in2", in2)):
         if array.ndim != 2:
             raise ValueError(f"{name} must be a 2-D array, got shape {tuple(array.shape)}")

@@ -14,7 +14,7 @@ import contextlib
 
 import numpy as np
 
-from gpuconv.backend import array_module
+from gpuconv.backend import array_module, to_host
 
 _grad_enabled = True
 
@@ -96,7 +96,7 @@ class Tensor:
 
     def numpy(self):
         """The data as a host NumPy array."""
-        return self.data.get() if hasattr(self.data, "get") and not isinstance(self.data, np.ndarray) else self.data
+        return to_host(self.data)
 
     def __len__(self):
         return len(self.data)

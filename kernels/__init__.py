@@ -1,16 +1,13 @@
-"""Kernel code of every backend, installed as ``gpuconv.kernels``.
+"""Kernel code of every backend, installed as ``gpuconv.kernels``; it imports nothing from the rest of gpuconv.
 
-* ``indexing``           -- plain-Python index helpers, compiled for each backend (C twins in common.cuh);
-* ``cpu``                -- Numba CPU kernels (the fallback backend);
-* ``tiling``             -- tiles and launch planning shared by both GPU backends (no GPU needed);
-* ``gpu_ops``            -- the host side of both GPU backends (shapes, allocation, splits), written once;
-* ``numba_cuda_kernels`` -- Numba CUDA kernel factories (no GPU needed to import);
-* ``numba_cuda``         -- the 'numba' backend: launches those kernels on CuPy arrays;
-* ``*.cu``, ``common.cuh`` -- the CUDA C kernels; ``cuda_c`` describes them (signatures, options, packing);
-* ``cupy_rawkernel``     -- the 'cupy' backend: those kernels through ``cupy.RawModule``;
-* ``cuda_emulator``      -- the CUDA C kernels built with g++ for the host, for tests without a GPU;
-* ``ptx_report``, ``nvrtc_report`` -- offline compile checks of every configuration (registers, spills).
+* ``api``        -- the kernel contract: the eight kernels every backend provides, layouts, dtypes;
+* ``indexing``   -- index and shape arithmetic in plain Python, compiled for each backend (C twins in
+                    ``cuda_c/common.cuh``) and used by ``gpuconv.geometry``;
+* ``cpu/``       -- backend 'cpu': Numba CPU kernels (``conv``, ``pool``, ``relu``, ``runtime``);
+* ``gpu/``       -- the host side both GPU backends share (``tiling``, ``ops.GpuOps``);
+* ``numba_cuda/``-- backend 'numba': Numba CUDA kernels (``conv``, ``weight_grad``, ``reduce``, ``pool``, ``relu``);
+* ``cuda_c/``    -- backend 'cupy': the same kernels in CUDA C (``conv.cu``, ``weight_grad.cu``, ...) via CuPy;
+* ``tools/``     -- test and compile tooling (the CUDA C host emulator, the offline compile reports); not shipped.
 
-Every backend module exposes the same short list of kernels; see
-``gpuconv.backend.KERNELS``.
+Each backend's ``backend`` module is what ``gpuconv.backend.load(name)`` returns.
 """

@@ -1,4 +1,6 @@
-"""Index arithmetic shared by every backend, written once in plain Python.
+"""Index and shape arithmetic shared by every backend and by ``gpuconv``'s argument checks, written once.
+
+It imports nothing from ``gpuconv`` or the backends: both sides build on it.
 
 These functions take and return plain ints and use no Python objects, so the same
 source compiles with ``numba.njit`` for the CPU kernels and with
@@ -76,3 +78,12 @@ def unravel_nchw(flat_index, C, H, W):
     h = (flat_index // W) % H
     plane = flat_index // (W * H)
     return plane // C, plane % C, h, w
+
+
+def output_hw(in_hw, padding, kernel_hw, stride_hw, dilation_hw=(1, 1)):
+    """Output ``(OH, OW)`` from normalized arguments: ``padding`` is ``((top, bottom), (left, right))``.
+
+    Host side only (it takes tuples).
+    """
+    return tuple(conv_output_size(i, sum(p), k, s, d)
+                 for i, p, k, s, d in zip(in_hw, padding, kernel_hw, stride_hw, dilation_hw))

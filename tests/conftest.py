@@ -5,10 +5,11 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import gpuconv
+from gpuconv import backend
 
-# The simulated-GPU tests need a process of their own (test_simulated_gpu.py starts them).
+# The simulated-GPU tests need a process of their own (backends/test_simulated_gpu.py starts them).
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or os.environ.get("GPUCONV_CUDA_EMULATOR") == "1"
-collect_ignore = [] if SIMULATED else ["simulated"]
+collect_ignore = [] if SIMULATED else ["backends/simulated"]
 
 settings.register_profile("ci", deadline=None, max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 40)),
                           suppress_health_check=[HealthCheck.too_slow])
@@ -20,6 +21,19 @@ def cpu_backend():
     """Tests in this directory run on the CPU backend unless they choose otherwise."""
     with gpuconv.use_backend("cpu"):
         yield
+
+
+def available_backends():
+    """'cpu', and each GPU backend this process can run: on a real GPU, or on its host stand-in (the simulated
+    processes of backends/test_simulated_gpu.py, with the simulator or the emulator switched on)."""
+    return ["cpu"] + [name for name in ("numba", "cupy") if backend.gpu_present() or backend.is_simulated(name)]
+
+
+@pytest.fixture(params=available_backends())
+def backend_name(request):
+    """Runs the test once per available backend, inside ``use_backend``; move inputs with ``backend.to_device``."""
+    with gpuconv.use_backend(request.param):
+        yield request.param
 
 
 @pytest.fixture
@@ -34,7 +48,7 @@ def poison_gpu_outputs(monkeypatch):
     A kernel that skips an element then fails the comparison, instead of passing on
     memory that happened to hold the right value or zeros.
     """
-    from gpuconv.kernels.gpu_ops import GpuOps
+    from gpuconv.kernels.gpu.ops import GpuOps
     allocate = GpuOps._new
 
     def poisoned(self, shape, dtype, what):

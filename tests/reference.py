@@ -84,20 +84,24 @@ def pair(v):
 
 
 def check_gradients(fn, arrays, rtol=1e-5, atol=1e-7, seed=0):
-    """Compare autograd gradients of sum(fn(*tensors) * G) with float64 central differences, every element."""
+    """Compare autograd gradients of sum(fn(*tensors) * G) with float64 central differences, every element.
+
+    Runs on the active backend (inputs moved there); the differences are taken on the host in float64.
+    """
     import gpuconv
+    from gpuconv.backend import to_device, to_host
     arrays = [np.array(a, np.float64) for a in arrays]
-    tensors = [gpuconv.Tensor(a, requires_grad=True) for a in arrays]
+    tensors = [gpuconv.Tensor(to_device(a), requires_grad=True) for a in arrays]
     out = fn(*tensors)
     weights = np.random.default_rng(seed).standard_normal(out.shape)
-    out.backward(weights)
+    out.backward(to_device(weights))
 
     def loss():
-        return float((fn(*[gpuconv.Tensor(a) for a in arrays]).numpy() * weights).sum())
+        return float((fn(*[gpuconv.Tensor(to_device(a)) for a in arrays]).numpy() * weights).sum())
 
     for i, (array, tensor) in enumerate(zip(arrays, tensors)):
         expected = numerical_grad(loss, array)
-        np.testing.assert_allclose(tensor.grad, expected, rtol=rtol, atol=atol, err_msg=f"input {i}")
+        np.testing.assert_allclose(to_host(tensor.grad), expected, rtol=rtol, atol=atol, err_msg=f"input {i}")
 
 
 def conv2d_grads(x, w, dy, stride, padding, dilation):

@@ -1,0 +1,1 @@
+"""Backend 'cpu' (Numba CPU kernels): ``backend`` (the contract), ``conv``, ``pool``, ``relu``, ``runtime``."""

@@ -1,0 +1,267 @@
+"""CPU conv2d: im2col + one SGEMM/DGEMM per chunk (BLAS through NumPy), forward and backward.
+
+Layouts: activations NCHW, conv weights KCRS, float32 or float64. Arguments
+arrive normalized (see ``gpuconv.kernels.api``).
+
+The column matrix of a chunk is ``col[c*R*S + r*S + s, (n*rows + i)*OW + ow]``,
+so one GEMM with ``W`` as a ``K x CRS`` matrix covers every image of the chunk.
+Chunks (several images, or output rows of one image when an image alone is too
+large) keep the workspace under ``runtime.WORKSPACE_BYTES`` however large the
+batch. Copies that change layout are fused with useful work: the forward's
+scatter back to NCHW adds the bias and applies the optional ReLU. Backward-weight
+sums per image range and then in a fixed order, so it is bit-identical run to run.
+
+Integer arithmetic in Numba is int64, so indices do not overflow past 2**31.
+"""
+import numpy as np
+from numba import njit
+
+from ..indexing import output_hw
+from . import runtime
+from .runtime import JIT, fill_zero, valid_output_range
+
+
+# --------------------------------------------------------------------------- workspace planning
+
+def _image_units(n_images, out_h, out_w, bytes_per_column, budget):
+    """Split the batch into contiguous image ranges, one per worker (one image each if images are huge)."""
+    if out_h * out_w * bytes_per_column > budget // runtime.workers():
+        return [(n, n + 1) for n in range(n_images)]
+    count = min(runtime.workers(), n_images)
+    if count == 0:
+        return []
+    bounds = [n_images * i // count for i in range(count + 1)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _chunks(n0, n1, out_h, out_w, bytes_per_column, budget):
+    """Yield ``(n0, n1, oh0, oh1)`` blocks of output columns whose workspace fits ``budget``.
+
+    Whole images are grouped while one image fits; otherwise an image is split
+    by output rows (never below one row, so a single output row whose columns
+    exceed the budget is the one case allowed to exceed it).
+    """
+    per_image = out_h * out_w * bytes_per_column
+    if per_image <= budget:
+        step = max(1, budget // per_image)
+        for a in range(n0, n1, step):
+            yield a, min(a + step, n1), 0, out_h
+    else:
+        rows = max(1, budget // (out_w * bytes_per_column))
+        for n in range(n0, n1):
+            for oh0 in range(0, out_h, rows):
+                yield n, n + 1, oh0, min(oh0 + rows, out_h)
+
+
+# --------------------------------------------------------------------------- kernels
+# Serial Numba loops (one image range per thread, see runtime.run_units); 1-D row views keep
+# the inner loops free of 4-D index arithmetic, and stride 1 gets a contiguous loop.
+
+@njit(**JIT)
+def _im2col(x, col, n0, n1, oh0, oh1, R, S, sh, sw, pt, pl, dh, dw):
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    nb, rows = n1 - n0, oh1 - oh0
+    OW = col.shape[1] // (nb * rows)
+    for crs in range(C * R * S):
+        c, r, s = crs // (R * S), (crs // S) % R, crs % S
+        lo, hi = valid_output_range(s * dw, pl, sw, W, OW)
+        w_first, count = lo * sw - pl + s * dw, hi - lo
+        for n in range(nb):
+            plane = x[n0 + n, c]
+            for i in range(rows):
+                h = (oh0 + i) * sh - pt + r * dh
+                dst = col[crs, (n * rows + i) * OW:(n * rows + i + 1) * OW]
+                if h < 0 or h >= H:
+                    fill_zero(dst, 0, OW)
+                    continue
+                fill_zero(dst, 0, lo)
+                fill_zero(dst, hi, OW)
+                src = plane[h]
+                if sw == 1:
+                    src, dst = src[w_first:w_first + count], dst[lo:hi]
+                    for j in range(count):
+                        dst[j] = src[j]
+                else:
+                    for j in range(count):
+                        dst[lo + j] = src[w_first + j * sw]
+
+
+@njit(**JIT)
+def _col2im_add(dcol, dx, n0, n1, oh0, oh1, R, S, sh, sw, pt, pl, dh, dw):
+    """dx[n0:n1] += col2im(dcol), the transpose of _im2col (fixed summation order)."""
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    nb, rows = n1 - n0, oh1 - oh0
+    OW = dcol.shape[1] // (nb * rows)
+    for n in range(nb):
+        for c in range(C):
+            plane = dx[n0 + n, c]
+            for r in range(R):
+                for s in range(S):
+                    crs = (c * R + r) * S + s
+                    lo, hi = valid_output_range(s * dw, pl, sw, W, OW)
+                    w_first, count = lo * sw - pl + s * dw, hi - lo
+                    for i in range(rows):
+                        h = (oh0 + i) * sh - pt + r * dh
+                        if h < 0 or h >= H:
+                            continue
+                        src = dcol[crs, (n * rows + i) * OW + lo:(n * rows + i) * OW + hi]
+                        dst = plane[h]
+                        if sw == 1:
+                            dst = dst[w_first:w_first + count]
+                            for j in range(count):
+                                dst[j] += src[j]
+                        else:
+                            for j in range(count):
+                                dst[w_first + j * sw] += src[j]
+
+
+@njit(**JIT)
+def _store_output(gemm_out, y, bias, use_bias, relu, n0, n1, oh0, oh1):
+    """y[n0:n1, :, oh0:oh1] = epilogue(gemm_out), the (K, columns) GEMM result, with bias and ReLU fused.
+
+    y is the output viewed as (N, K, OH*OW).
+    """
+    K = y.shape[1]
+    OW = gemm_out.shape[1] // ((n1 - n0) * (oh1 - oh0))
+    nb, rows = n1 - n0, oh1 - oh0
+    zero = y.dtype.type(0)
+    for n in range(nb):
+        for k in range(K):
+            b = bias[k] if use_bias else zero
+            src = gemm_out[k, n * rows * OW:(n + 1) * rows * OW]
+            dst = y[n0 + n, k, oh0 * OW:oh1 * OW]
+            if relu:
+                for j in range(rows * OW):
+                    v = src[j] + b
+                    dst[j] = zero if v <= 0 else v  # NaN is not <= 0, so it propagates
+            else:
+                for j in range(rows * OW):
+                    dst[j] = src[j] + b
+
+
+@njit(**JIT)
+def _gather_columns(dy, dy_cols, n0, n1, oh0, oh1):
+    """dy_cols[k, (n*rows + i)*OW + ow] = dy[n0 + n, k, (oh0 + i)*OW + ow]: NCHW -> (K, columns) for the GEMMs.
+
+    dy is viewed as (N, K, OH*OW).
+    """
+    K = dy.shape[1]
+    nb, rows = n1 - n0, oh1 - oh0
+    OW = dy_cols.shape[1] // (nb * rows)
+    for n in range(nb):
+        for k in range(K):
+            src = dy[n0 + n, k, oh0 * OW:oh1 * OW]
+            dst = dy_cols[k, n * rows * OW:(n + 1) * rows * OW]
+            for j in range(rows * OW):
+                dst[j] = src[j]
+
+
+def _geometry(R, S, stride, padding, dilation):
+    return (R, S, stride[0], stride[1], padding[0][0], padding[1][0], dilation[0], dilation[1])
+
+
+def _plan(N, OH, OW, rows_a, rows_b, dtype, workspace_bytes):
+    """Image ranges (one per worker) and, for each, its blocks of output columns with scratch matrices.
+
+    ``blocks(n0, n1)`` yields ``((n0, n1, oh0, oh1), a, b)`` where ``a`` is
+    ``(rows_a, columns)`` and ``b`` is ``(rows_b, columns)``, both carved from this
+    thread's reusable workspace and together within the per-worker budget.
+    """
+    column_bytes = np.dtype(dtype).itemsize * (rows_a + rows_b)
+    budget = runtime.workspace_budget(workspace_bytes)
+    units = _image_units(N, OH, OW, column_bytes, budget)
+    per_worker = max(1, budget // max(1, min(len(units), runtime.workers())))
+
+    def blocks(a, b):
+        for n0, n1, oh0, oh1 in _chunks(a, b, OH, OW, column_bytes, per_worker):
+            cols = (n1 - n0) * (oh1 - oh0) * OW
+            scratch = runtime.scratch((rows_a + rows_b) * cols, dtype)
+            yield ((n0, n1, oh0, oh1), scratch[:rows_a * cols].reshape(rows_a, cols),
+                   scratch[rows_a * cols:].reshape(rows_b, cols))
+
+    return units, blocks
+
+
+def conv2d_forward(x, weight, bias, stride, padding, dilation, relu=False, workspace_bytes=None):
+    """y = relu?(conv2d(x, weight) + bias).
+
+    x (N, C, H, W), weight (K, C, R, S), bias (K,) or None  ->  y (N, K, OH, OW).
+    """
+    N, C, H, W = x.shape
+    K, _, R, S = weight.shape
+    OH, OW = output_hw((H, W), padding, (R, S), stride, dilation)
+    x = np.ascontiguousarray(x)
+    w_mat = np.ascontiguousarray(weight).reshape(K, C * R * S)
+    use_bias = bias is not None
+    bias = np.ascontiguousarray(bias) if use_bias else np.zeros(1, x.dtype)
+    y = np.empty((N, K, OH, OW), x.dtype)
+    y_rows = y.reshape(N, K, OH * OW)
+    geometry = _geometry(R, S, stride, padding, dilation)
+    units, blocks = _plan(N, OH, OW, C * R * S, K, x.dtype, workspace_bytes)
+
+    def work(a, b):
+        for block, col, gemm_out in blocks(a, b):
+            _im2col(x, col, *block, *geometry)
+            np.matmul(w_mat, col, out=gemm_out)
+            _store_output(gemm_out, y_rows, bias, use_bias, relu, *block)
+
+    runtime.run_units(work, units)
+    return y
+
+
+def conv2d_backward_input(dy, weight, x_shape, stride, padding, dilation, workspace_bytes=None):
+    """dx = d(loss)/dx of conv2d: a transposed convolution of dy with weight.
+
+    dy (N, K, OH, OW), weight (K, C, R, S)  ->  dx with ``x_shape`` (N, C, H, W).
+    """
+    N, C, H, W = x_shape
+    K, _, R, S = weight.shape
+    OH, OW = dy.shape[2], dy.shape[3]
+    dy_rows = np.ascontiguousarray(dy).reshape(N, K, OH * OW)
+    w_mat_t = np.ascontiguousarray(weight).reshape(K, C * R * S).T
+    dx = np.zeros(x_shape, dy.dtype)
+    geometry = _geometry(R, S, stride, padding, dilation)
+    units, blocks = _plan(N, OH, OW, C * R * S, K, dy.dtype, workspace_bytes)
+
+    def work(a, b):
+        for block, dcol, dy_cols in blocks(a, b):
+            _gather_columns(dy_rows, dy_cols, *block)
+            np.matmul(w_mat_t, dy_cols, out=dcol)
+            _col2im_add(dcol, dx, *block, *geometry)
+
+    runtime.run_units(work, units)
+    return dx
+
+
+def conv2d_backward_weight(dy, x, weight_shape, stride, padding, dilation, workspace_bytes=None):
+    """dweight = d(loss)/dweight of conv2d: a reduction over N, OH, OW.
+
+    dy (N, K, OH, OW), x (N, C, H, W)  ->  dweight with ``weight_shape`` (K, C, R, S).
+    Deterministic: each image range sums into its own partial, and the partials
+    are added in a fixed order.
+    """
+    N = x.shape[0]
+    K, C, R, S = weight_shape
+    OH, OW = dy.shape[2], dy.shape[3]
+    x = np.ascontiguousarray(x)
+    dy_rows = np.ascontiguousarray(dy).reshape(N, K, OH * OW)
+    geometry = _geometry(R, S, stride, padding, dilation)
+    units, blocks = _plan(N, OH, OW, C * R * S, K, dy.dtype, workspace_bytes)
+
+    def work(a, b):
+        partial = np.zeros((K, C * R * S), dy.dtype)
+        for block, col, dy_cols in blocks(a, b):
+            _im2col(x, col, *block, *geometry)
+            _gather_columns(dy_rows, dy_cols, *block)
+            partial += dy_cols @ col.T
+        return partial
+
+    total = np.zeros((K, C * R * S), dy.dtype)
+    for partial in runtime.run_units(work, units):  # fixed order: deterministic
+        total += partial
+    return total.reshape(weight_shape)
+
+
+def conv2d_backward_bias(dy):
+    """dbias of conv2d: dy (N, K, OH, OW) -> (K,), summed over N, OH, OW."""
+    return np.ascontiguousarray(dy).sum(axis=(0, 2, 3))

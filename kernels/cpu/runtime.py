@@ -1,0 +1,147 @@
+"""The CPU backend's runtime: its thread pool, BLAS thread limits, scratch buffers and glibc heap tuning.
+
+Threads: kernels are serial ``@njit(nogil=True)`` loops, run on a small thread
+pool, one contiguous range of images (or planes) per core, with BLAS held to one
+thread inside each range. Numba's own ``parallel=True`` was measured first and
+lost: its worker threads and OpenBLAS's spin-waiting threads fought over the
+cores.
+
+Memory: ``tune_glibc_malloc()`` asks glibc to serve arrays up to 32 MiB from its
+heap and to keep up to 512 MiB of freed heap, instead of a fresh ``mmap`` per
+large array whose every page faults on first write. A training step allocates
+dozens of such arrays; this took an MNIST step from 106 to 81 ms. It changes the
+whole process, so it is explicit: the CPU backend calls it once when it is loaded
+(``gpuconv.kernels.cpu.backend``), unless the environment sets
+``GPUCONV_MALLOPT=0``.
+"""
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+from numba import njit
+from threadpoolctl import ThreadpoolController
+
+from .. import indexing
+
+# Extra memory per conv call: the default, and the cap (kept buffers stay within 2x the cap, 256 MiB).
+WORKSPACE_BYTES = 8 << 20
+WORKSPACE_LIMIT = 128 << 20
+# Below this many elements a pooling/ReLU call runs on the calling thread alone.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+MALLOPT_ENV = "GPUCONV_MALLOPT"
+
+# --------------------------------------------------------------------------- Numba
+# Options of every kernel, and the shared index helpers compiled for the CPU.
+JIT = dict(cache=True, nogil=True)
+valid_output_range = njit(inline="always")(indexing.valid_output_range)
+clipped_window = njit(inline="always")(indexing.clipped_window)
+
+
+@njit(inline="always")
+def fill_zero(row, start, stop):
+    for j in range(start, stop):
+        row[j] = 0
+
+
+# --------------------------------------------------------------------------- process-wide memory
+
+def tune_glibc_malloc():
+    """Serve arrays up to 32 MiB from glibc's heap and keep up to 512 MiB of it freed (see the module docstring).
+
+    Process-wide; does nothing when ``GPUCONV_MALLOPT=0`` or the C library is not glibc.
+    """
+    if os.environ.get(MALLOPT_ENV, "1") == "0":
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 512 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+# --------------------------------------------------------------------------- scratch buffers
+
+_thread_state = threading.local()
+
+
+def scratch(count, dtype):
+    """A reusable buffer of ``count`` elements: one per thread, grown on demand, kept for reuse.
+
+    Reuse avoids paying page faults on a fresh multi-MiB allocation every call.
+    A call's calling thread or its workers hold at most the call's budget, so the
+    memory kept is at most twice ``WORKSPACE_LIMIT``.
+    """
+    nbytes = count * np.dtype(dtype).itemsize
+    raw = getattr(_thread_state, "raw", None)
+    if raw is None or raw.size < nbytes:
+        raw = _thread_state.raw = np.empty(nbytes, np.uint8)
+    return raw[:nbytes].view(dtype)
+
+
+def workspace_budget(workspace_bytes):
+    """Bytes of scratch a call may use: ``workspace_bytes`` (default ``WORKSPACE_BYTES``), capped."""
+    return min(WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes, WORKSPACE_LIMIT)
+
+
+# --------------------------------------------------------------------------- threads
+
+_pool_lock = threading.Lock()
+_pool = None
+_blas = None
+
+
+def workers():
+    return max(1, numba.get_num_threads())
+
+
+def _controller():
+    global _pool, _blas
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(workers(), thread_name_prefix="gpuconv-cpu")
+            _blas = ThreadpoolController()
+    return _pool, _blas
+
+
+@contextlib.contextmanager
+def session():
+    """Hold BLAS to one thread for a block of many ops (a training loop).
+
+    OpenBLAS's idle threads spin for a while after each multi-threaded call and steal
+    the cores our kernels' threads need; a model's small matmuls lose little by
+    running on one thread. Inside, every kernel still uses all cores.
+    """
+    with _controller()[1].limit(limits=1, user_api="blas"):
+        yield
+
+
+def run_units(work, units):
+    """Run ``work(n0, n1)`` for each image range, one per core, and return the results in order.
+
+    Each range runs serially (Numba loops with ``nogil``, then a single-threaded
+    GEMM) on its own Python thread, so cores never fight over spinning BLAS and
+    Numba worker threads. A single range runs inline with multi-threaded BLAS.
+    """
+    if len(units) <= 1:
+        return [work(*unit) for unit in units]
+    pool, blas = _controller()
+    with blas.limit(limits=1, user_api="blas"):
+        return list(pool.map(lambda unit: work(*unit), units))
+
+
+def parallel_for(kernel, count, cost_per_item, *args):
+    """Run ``kernel(i0, i1, *args)`` over ``[0, count)`` split into one contiguous range per worker.
+
+    ``cost_per_item`` (elements touched per item) keeps small jobs inline, where
+    a thread hand-off would cost more than it saves.
+    """
+    parts = min(workers(), count, max(1, count * cost_per_item // PARALLEL_MIN_ELEMENTS))
+    bounds = [count * i // parts for i in range(parts + 1)] if parts else []
+    run_units(lambda i0, i1: kernel(i0, i1, *args), list(zip(bounds[:-1], bounds[1:])))

@@ -1,0 +1,64 @@
+"""The CPU backend's own machinery: workspace chunking and its budget, determinism, planning past 2**31."""
+import numpy as np
+import pytest
+
+import reference as ref
+from cases import case_arrays
+from gpuconv.kernels.cpu import backend as cpu, conv, runtime
+
+
+@pytest.mark.parametrize("workspace_bytes", [1, 3000, 40000])
+def test_chunked_workspace_gives_same_result(rng, workspace_bytes):
+    """Tiny budgets force chunking by output rows (1 byte: one row at a time) and by image groups."""
+    x, w, b = case_arrays(rng, (5, 3, 11, 9, 4, 3, 2))
+    dy = rng.standard_normal((5, 4, 6, 9))
+    geometry = ((2, 1), ((1, 1), (1, 0)), (1, 1))
+    y = cpu.conv2d_forward(x, w, b, *geometry, workspace_bytes=workspace_bytes)
+    np.testing.assert_allclose(y, ref.conv2d(x, w, b, *geometry), rtol=1e-12, atol=1e-12)
+    dx = cpu.conv2d_backward_input(dy, w, x.shape, *geometry, workspace_bytes=workspace_bytes)
+    dw = cpu.conv2d_backward_weight(dy, x, w.shape, *geometry, workspace_bytes=workspace_bytes)
+    np.testing.assert_allclose(dx, cpu.conv2d_backward_input(dy, w, x.shape, *geometry), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, cpu.conv2d_backward_weight(dy, x, w.shape, *geometry), rtol=1e-12, atol=1e-12)
+
+
+def test_workspace_stays_under_budget(rng, monkeypatch):
+    requested = []
+    original = runtime.scratch
+    monkeypatch.setattr(runtime, "scratch", lambda count, dtype: requested.append(count * np.dtype(dtype).itemsize)
+                        or original(count, dtype))
+    x, w, _ = case_arrays(rng, (64, 8, 16, 16, 8, 3, 3), np.float32)
+    budget = 64 << 10
+    cpu.conv2d_forward(x, w, None, (1, 1), ((1, 1), (1, 1)), (1, 1), workspace_bytes=budget)
+    assert requested and max(requested) <= budget
+    assert runtime.workspace_budget(1 << 40) == runtime.WORKSPACE_LIMIT and 2 * runtime.WORKSPACE_LIMIT <= 256 << 20
+
+
+def test_backward_is_deterministic(rng):
+    x, w, _ = case_arrays(rng, (16, 8, 12, 12, 8, 3, 3), np.float32)
+    dy = rng.standard_normal((16, 8, 12, 12)).astype(np.float32)
+    geometry = ((1, 1), ((1, 1), (1, 1)), (1, 1))
+    first = (cpu.conv2d_backward_input(dy, w, x.shape, *geometry), cpu.conv2d_backward_weight(dy, x, w.shape, *geometry))
+    second = (cpu.conv2d_backward_input(dy, w, x.shape, *geometry), cpu.conv2d_backward_weight(dy, x, w.shape, *geometry))
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_pool_backward_is_deterministic(rng):
+    x = rng.standard_normal((8, 16, 15, 15)).astype(np.float32)
+    y, argmax = cpu.pool2d_forward(x, "max", (3, 3), (1, 1), ((1, 1), (1, 1)))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    args = (argmax, x.shape, "max", (3, 3), (1, 1), ((1, 1), (1, 1)))
+    np.testing.assert_array_equal(cpu.pool2d_backward(dy, *args), cpu.pool2d_backward(dy, *args))
+
+
+def test_chunk_planning_for_a_batch_past_2_to_the_31_elements():
+    """Planning a conv over 2**32 output elements: no overflow, every chunk within budget, all images covered."""
+    n, oh, ow, column_bytes = 2**16, 256, 256, 4 * 40
+    budget = 256 << 20
+    units = conv._image_units(n, oh, ow, column_bytes, budget)
+    covered = 0
+    for a, b in units:
+        for n0, n1, oh0, oh1 in conv._chunks(a, b, oh, ow, column_bytes, budget):
+            assert (n1 - n0) * (oh1 - oh0) * ow * column_bytes <= budget
+            covered += (n1 - n0) * (oh1 - oh0)
+    assert covered == n * oh
