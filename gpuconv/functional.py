@@ -6,7 +6,8 @@ and keep that backend for their backward pass.
 """
 from gpuconv import backend
 from gpuconv.backend import array_module
-from gpuconv.geometry import as_pair, check_extent_fits, check_float_array, output_hw, resolve_padding
+from gpuconv.geometry import (as_pair, check_extent_fits, check_float_array, check_output_size, output_hw,
+                              resolve_padding)
 from gpuconv.tensor import Function, as_tensor
 
 
@@ -72,33 +73,48 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, activation=Non
     the total padding is odd the extra row/column goes at the bottom/right (also for
     stride > 1). ``activation='relu'`` fuses a ReLU into the kernel's epilogue.
     """
-    x, weight = as_tensor(x), as_tensor(weight)
-    bias = None if bias is None else as_tensor(bias)
+    x, weight = as_tensor(x, "x"), as_tensor(weight, "weight")
+    bias = None if bias is None else as_tensor(bias, "bias")
     kern = backend.kernels()
     for name, t in (("x", x), ("weight", weight), ("bias", bias)):
         if t is not None:
             kern.check_array(t.data, name)
     check_float_array(x.data, "x", 4, "NCHW")
     check_float_array(weight.data, "weight", 4, "KCRS")
-    N, C, H, W = x.shape
-    K, Cw, R, S = weight.shape
-    if Cw != C:
-        raise ValueError(f"weight has {Cw} input channels but x has {C} (x is NCHW {x.shape}, "
-                         f"weight is KCRS {weight.shape})")
     if weight.dtype != x.dtype:
         raise TypeError(f"weight has dtype {weight.dtype} but x has dtype {x.dtype}; cast one of them")
+    K = weight.shape[0]
     if bias is not None:
         check_float_array(bias.data, "bias", 1)
         if bias.shape != (K,) or bias.dtype != x.dtype:
             raise ValueError(f"bias must have shape ({K},) and dtype {x.dtype}, got {bias.shape} {bias.dtype}")
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    stride, pads, dilation, out_shape = _conv_geometry(x.shape, weight.shape, stride, padding, dilation)
+    check_output_size(out_shape, x.dtype, "the conv2d output", _cause(padding, "x"))
+    return Conv2d.apply(x, weight, bias, stride=stride, padding=pads, dilation=dilation,
+                        relu=activation == "relu")
+
+
+def _conv_geometry(x_shape, weight_shape, stride, padding, dilation):
+    """Checked, normalized (stride, padding, dilation) and the output shape, for conv2d and its shape helper."""
+    N, C, H, W = x_shape
+    K, Cw, R, S = weight_shape
+    if Cw != C:
+        raise ValueError(f"weight has {Cw} input channels but x has {C} (x is NCHW {tuple(x_shape)}, "
+                         f"weight is KCRS {tuple(weight_shape)})")
+    if R < 1 or S < 1:
+        raise ValueError(f"weight must have a kernel of at least 1x1, got KCRS shape {tuple(weight_shape)}")
     stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
     extent = (dilation[0] * (R - 1) + 1, dilation[1] * (S - 1) + 1)
     pads = resolve_padding(padding, (H, W), extent, stride)
     check_extent_fits((H, W), pads, extent, f"kernel {R}x{S}")
-    return Conv2d.apply(x, weight, bias, stride=stride, padding=pads, dilation=dilation,
-                        relu=activation == "relu")
+    return stride, pads, dilation, (N, K) + output_hw((H, W), pads, (R, S), stride, dilation)
+
+
+def _cause(padding, default):
+    """The argument to name when an output is too large: an explicit padding, else ``default``."""
+    return f"padding {padding!r}" if not isinstance(padding, str) and padding != 0 else default
 
 
 def max_pool2d(x, pool_size=2, strides=None, padding="valid"):
@@ -121,33 +137,39 @@ def avg_pool2d(x, pool_size=2, strides=None, padding="valid"):
 
 
 def _pool2d(x, mode, pool_size, strides, padding):
-    x = as_tensor(x)
-    kern = backend.kernels()
-    kern.check_array(x.data, "x")
+    x = as_tensor(x, "x")
+    backend.kernels().check_array(x.data, "x")
     check_float_array(x.data, "x", 4, "NCHW")
+    pool, stride, pads, _ = _pool_geometry(x.shape, pool_size, strides, padding)
+    return Pool2d.apply(x, mode=mode, pool=pool, stride=stride, padding=pads)
+
+
+def _pool_geometry(x_shape, pool_size, strides, padding):
+    """Checked, normalized (pool, stride, padding) and the output shape, for pooling and its shape helper."""
     pool = as_pair(pool_size, "pool_size")
     stride = pool if strides is None else as_pair(strides, "strides")
-    H, W = x.shape[2:]
+    H, W = x_shape[2:]
     pads = resolve_padding(padding, (H, W), pool, stride, allow_explicit=False)
     check_extent_fits((H, W), pads, pool, f"pool window {pool[0]}x{pool[1]}")
-    return Pool2d.apply(x, mode=mode, pool=pool, stride=stride, padding=pads)
+    return pool, stride, pads, tuple(x_shape[:2]) + output_hw((H, W), pads, pool, stride)
 
 
 def relu(x):
     """max(x, 0) elementwise, any shape; the gradient is 0 where x <= 0."""
-    x = as_tensor(x)
+    x = as_tensor(x, "x")
     backend.kernels().check_array(x.data, "x")
     check_float_array(x.data, "x")
     return ReLU.apply(x)
 
 
 def conv2d_output_shape(x_shape, weight_shape, stride=1, padding=0, dilation=1):
-    """Shape ``conv2d`` returns for these shapes and arguments, without computing it."""
-    (N, _, H, W), (K, _, R, S) = x_shape, weight_shape
-    stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
-    extent = (dilation[0] * (R - 1) + 1, dilation[1] * (S - 1) + 1)
-    pads = resolve_padding(padding, (H, W), extent, stride)
-    return (N, K) + output_hw((H, W), pads, (R, S), stride, dilation)
+    """Shape ``conv2d`` returns for these shapes and arguments, without computing it; the same errors."""
+    return _conv_geometry(tuple(x_shape), tuple(weight_shape), stride, padding, dilation)[3]
+
+
+def pool2d_output_shape(x_shape, pool_size=2, strides=None, padding="valid"):
+    """Shape ``max_pool2d``/``avg_pool2d`` return for ``x_shape`` (NCHW), without computing it; the same errors."""
+    return _pool_geometry(tuple(x_shape), pool_size, strides, padding)[3]
 
 
 # ----------------------------------------------------------------------------- generic ops

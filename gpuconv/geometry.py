@@ -5,24 +5,47 @@ each backend receives arguments that are already normalized:
 
 * ``stride``, ``dilation``, ``pool_size``: pairs of positive ints ``(h, w)``;
 * ``padding``: explicit ``((top, bottom), (left, right))`` of non-negative ints.
+
+Every int argument is at most ``MAX_INT`` (2**31 - 1): kernels index in 64 bits, and
+larger strides, paddings or windows would overflow their tile arithmetic. Outputs
+larger than this machine's memory are refused before anything is allocated.
 """
+import math
 import numbers
+import os
 
 import numpy as np
 
 from gpuconv.kernels.indexing import output_hw  # noqa: F401  (output sizes: written once, beside the kernels)
 
 PADDING_FORMS = "an int, (ph, pw), ((top, bottom), (left, right)), 'valid' or 'same'"
+MAX_INT = 2**31 - 1
 
 
 def as_pair(value, name):
-    """``3`` or ``(3, 3)`` -> ``(3, 3)``, checking both are positive ints."""
+    """``3`` or ``(3, 3)`` -> ``(3, 3)``, checking both are positive ints (NumPy ints too, never bools)."""
     pair = (value, value) if _is_int(value) else value
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_is_int(v) for v in pair)):
         raise TypeError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
     if min(pair) <= 0:
         raise ValueError(f"{name} must be positive, got {value!r}")
+    if max(pair) > MAX_INT:
+        raise ValueError(f"{name} must be at most {MAX_INT}, got {value!r}")
     return int(pair[0]), int(pair[1])
+
+
+def as_count(value, name):
+    """A positive int (NumPy ints too, never bools), e.g. a layer's filters or units."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if not 0 < value <= MAX_INT:
+        raise ValueError(f"{name} must be a positive int, at most {MAX_INT}; got {value!r}")
+    return int(value)
+
+
+def check_padding_form(padding, allow_explicit=True):
+    """Refuse a padding of no accepted form (before any input size is known, e.g. in a layer's constructor)."""
+    resolve_padding(padding, (1, 1), (1, 1), (1, 1), allow_explicit)
 
 
 def same_padding(in_size, extent, stride):
@@ -59,6 +82,8 @@ def resolve_padding(padding, in_hw, extent_hw, stride_hw, allow_explicit=True):
         raise TypeError(f"padding must be {PADDING_FORMS}; got {padding!r}")
     if min(min(p) for p in pads) < 0:
         raise ValueError(f"padding must be non-negative, got {padding!r}")
+    if max(max(p) for p in pads) > MAX_INT:
+        raise ValueError(f"padding must be at most {MAX_INT}, got {padding!r}")
     return tuple((int(a), int(b)) for a, b in pads)
 
 
@@ -71,6 +96,22 @@ def check_float_array(array, name, ndim=None, layout=None):
     if ndim is not None and array.ndim != ndim:
         what = f" {layout}" if layout else ""
         raise ValueError(f"{name} must be a {ndim}-D{what} array, got shape {tuple(array.shape)}")
+
+
+def check_output_size(shape, dtype, what, cause):
+    """Refuse an output larger than this machine's memory before allocating it; ``cause`` names the argument."""
+    nbytes = math.prod(int(s) for s in shape) * np.dtype(dtype).itemsize
+    if nbytes > memory_bytes():
+        raise ValueError(f"{cause} makes {what} of shape {tuple(shape)} {np.dtype(dtype)}: {nbytes / 2**30:.1f} GiB, "
+                         f"more than this machine's {memory_bytes() / 2**30:.1f} GiB of memory")
+
+
+def memory_bytes():
+    """Physical memory of this machine (the bound on any one output)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no bound known
+        return 1 << 62
 
 
 def check_extent_fits(in_hw, padding, extent_hw, what):

@@ -9,25 +9,41 @@ the user with ``requires_grad=True``) and add up across ``backward`` calls.
 
 Arrays are NumPy arrays (CuPy arrays once a GPU backend is active); the generic
 ops here use the array's own module, so they are written once for both.
+
+In-place changes: every Tensor has a version, bumped whenever its array is
+replaced or written through the Tensor (``t.data = ...``, ``t.data -= ...``,
+``t[...] = ...``, optimizer steps, ``load_weights``). An op records the versions
+of the tensors whose arrays it saved for its backward pass, and the backward pass
+refuses to run on a tensor changed since, as PyTorch does. Writing into the raw
+array (``t.data[...] = v``, or into the NumPy array a Tensor wraps) bypasses the
+version, as PyTorch's ``.data`` does.
 """
 import contextlib
+import contextvars
+import inspect
+import weakref
 
 import numpy as np
 
 from gpuconv.backend import array_module, to_host
 
-_grad_enabled = True
+# Per thread (and async task): a new thread starts with recording on, whatever other threads do.
+_grad_enabled = contextvars.ContextVar("gpuconv_grad_enabled", default=True)
 
 
 @contextlib.contextmanager
 def no_grad():
-    """Run ops without recording a graph (inference)."""
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
+    """Run ops without recording a graph (inference), in this thread only."""
+    token = _grad_enabled.set(False)
     try:
         yield
     finally:
-        _grad_enabled = previous
+        _grad_enabled.reset(token)
+
+
+def is_grad_enabled():
+    """Whether ops in this thread record a graph now."""
+    return _grad_enabled.get()
 
 
 class Function:
@@ -37,6 +53,7 @@ class Function:
         self.inputs = inputs
         self.needs_input_grad = tuple(isinstance(t, Tensor) and t.requires_grad for t in inputs)
         self.saved_tensors = ()
+        self._watched = ()
 
     def save_for_backward(self, *arrays):
         self.saved_tensors = arrays
@@ -47,10 +64,31 @@ class Function:
         ctx = cls(inputs)
         arrays = [t.data if isinstance(t, Tensor) else t for t in inputs]
         out = Tensor(cls.forward(ctx, *arrays, **params))
-        if _grad_enabled and any(ctx.needs_input_grad):
+        if _grad_enabled.get() and any(ctx.needs_input_grad):
             out.requires_grad = True
             out._ctx = ctx
+            ctx._watch(out)
         return out
+
+    def _watch(self, out):
+        """Remember the version of each tensor whose array the backward pass will read (inputs, output)."""
+        saved = {id(a) for a in self.saved_tensors if a is not None}
+        names = _input_names(type(self))
+        watched = [(name, t, t._version) for name, t in zip(names, self.inputs)
+                   if isinstance(t, Tensor) and id(t.data) in saved]
+        if id(out.data) in saved:
+            watched.append(("output", weakref.ref(out), out._version))
+        self._watched = tuple(watched)
+
+    def _check_unchanged(self):
+        """Refuse to differentiate through a tensor whose array changed in place after the forward pass."""
+        for name, ref, version in self._watched:
+            tensor = ref() if isinstance(ref, weakref.ref) else ref
+            if tensor is not None and tensor._version != version:
+                raise RuntimeError(
+                    f"{type(self).__name__}'s backward needs its {name} {tensor!r} as it was in the forward "
+                    f"pass, but it was modified in place since (version {tensor._version}, expected {version}); "
+                    f"run the forward pass again after changing it, or change a copy")
 
     @staticmethod
     def forward(ctx, *arrays, **params):
@@ -60,6 +98,13 @@ class Function:
     def backward(ctx, grad):
         """Return one gradient (or None) per input of ``forward``."""
         raise NotImplementedError
+
+
+def _input_names(cls, _cache={}):
+    """Names of ``cls.forward``'s array inputs (after ctx), for messages."""
+    if cls not in _cache:
+        _cache[cls] = tuple(inspect.signature(cls.forward).parameters)[1:]
+    return _cache[cls]
 
 
 class Tensor:
@@ -83,10 +128,26 @@ class Tensor:
                 data = data.astype(np.float32)
         if requires_grad and data.dtype.kind != "f":
             raise TypeError(f"requires_grad needs a floating-point tensor, got dtype {data.dtype}")
-        self.data = data
+        self._data = data
+        self._version = 0
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._ctx = None
+
+    @property
+    def data(self):
+        """The array (NumPy, or CuPy on a GPU backend)."""
+        return self._data
+
+    @data.setter
+    def data(self, array):
+        self._data = array
+        self._version += 1  # also for ``t.data -= g``, which assigns the updated array back
+
+    def __setitem__(self, index, value):
+        """Write into the array in place (a new version: a pending backward pass through it will refuse)."""
+        self._data[index] = value.data if isinstance(value, Tensor) else value
+        self._version += 1
 
     # ----------------------------------------------------------------- properties
     shape = property(lambda self: tuple(self.data.shape))
@@ -132,6 +193,7 @@ class Tensor:
             if node._ctx is None:
                 node.grad = g if node.grad is None else node.grad + g
                 continue
+            node._ctx._check_unchanged()
             input_grads = type(node._ctx).backward(node._ctx, g)
             for parent, needs, pg in zip(node._ctx.inputs, node._ctx.needs_input_grad, input_grads):
                 if needs and pg is not None:
@@ -178,8 +240,19 @@ class Tensor:
         return Reshape.apply(self, shape=tuple(shape))
 
     def transpose(self, *axes):
+        """Permute the axes (reversed when none are given); negative axes count from the end."""
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-        return Transpose.apply(self, axes=tuple(axes) if axes else None)
+        if not axes:
+            axes = tuple(range(self.ndim))[::-1]
+        if not (len(axes) == self.ndim and all(isinstance(a, (int, np.integer)) and not isinstance(a, bool)
+                                               and -self.ndim <= a < self.ndim for a in axes)):
+            raise ValueError(f"axes must be a permutation of the {self.ndim} axes of a tensor of shape "
+                             f"{self.shape} (negative axes count from the end), got {tuple(axes)}")
+        axes = tuple(int(a) % self.ndim for a in axes)
+        if len(set(axes)) != self.ndim:
+            raise ValueError(f"axes must be a permutation of the {self.ndim} axes of a tensor of shape "
+                             f"{self.shape}, got {axes} (repeated)")
+        return Transpose.apply(self, axes=axes)
 
     @property
     def T(self):
@@ -194,9 +267,15 @@ class Tensor:
         return self.sum(axis=axis, keepdims=keepdims) * (1.0 / count)
 
 
-def as_tensor(value):
-    """A Tensor as is; an array or number wrapped (no copy of arrays)."""
-    return value if isinstance(value, Tensor) else Tensor(value)
+def as_tensor(value, name="input"):
+    """A Tensor as is; an array or number wrapped (no copy of arrays). ``name`` is for the error message."""
+    if isinstance(value, Tensor):
+        return value
+    try:
+        return Tensor(value)
+    except (ValueError, TypeError) as error:  # ragged lists, objects NumPy cannot hold
+        raise TypeError(f"{name} must be an array (NumPy, CuPy) or nested lists of numbers; got "
+                        f"{type(value).__name__}: {error}") from None
 
 
 def _unbroadcast(grad, shape):
@@ -290,8 +369,7 @@ class Transpose(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        inverse = None if ctx.axes is None else tuple(np.argsort(ctx.axes))
-        return (grad.transpose(inverse),)
+        return (grad.transpose(tuple(np.argsort(ctx.axes))),)
 
 
 class Sum(Function):

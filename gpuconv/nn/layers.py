@@ -11,16 +11,40 @@ import numpy as np
 
 from gpuconv import backend, rng
 from gpuconv import functional as F
-from gpuconv.geometry import as_pair
+from gpuconv.geometry import as_count, as_pair, check_padding_form
 from gpuconv.tensor import Tensor, as_tensor
 
 ACTIVATIONS = {None: None, "relu": F.relu, "softmax": lambda x: F.softmax(x, axis=1 if x.ndim == 4 else -1)}
 
 
+INITIALIZERS = ("glorot_uniform", "he_normal", "zeros", "ones")
+
+
 def _activation(name):
-    if name not in ACTIVATIONS:
+    if not (name is None or isinstance(name, str)) or name not in ACTIVATIONS:
         raise ValueError(f"activation must be None, 'relu' or 'softmax', got {name!r}")
     return name
+
+
+def _initializer(name, argument):
+    if not isinstance(name, str) or name not in INITIALIZERS:
+        raise ValueError(f"{argument} must be one of {', '.join(map(repr, INITIALIZERS))}, got {name!r}")
+    return name
+
+
+def _flag(value, argument):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{argument} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _fraction(value, argument, low_open=False):
+    """A real number in [0, 1) ((0, 1) with ``low_open``), never a bool."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{argument} must be a number in [0, 1), got {value!r}")
+    if not (0 < value < 1 if low_open else 0 <= value < 1):
+        raise ValueError(f"{argument} must be in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}")
+    return float(value)
 
 
 def _initial(name, shape, fan_in, fan_out, dtype=np.float32):
@@ -38,6 +62,16 @@ def _initial(name, shape, fan_in, fan_out, dtype=np.float32):
     else:
         raise ValueError(f"initializer must be 'glorot_uniform', 'he_normal', 'zeros' or 'ones', got {name!r}")
     return Tensor(backend.to_device(values.astype(dtype)), requires_grad=True)
+
+
+def _real_input(x):
+    """The input as a float Tensor: integers and booleans become float32, as Keras casts them."""
+    x = as_tensor(x, "x")
+    if x.dtype.kind in "biu":
+        return Tensor(x.data.astype(np.float32))
+    if x.dtype.kind != "f":
+        raise TypeError(f"x has dtype {x.dtype}; layers take real numbers (float32 or float64)")
+    return x
 
 
 class Layer:
@@ -58,7 +92,7 @@ class Layer:
         return input_shape
 
     def __call__(self, x, training=False, activate=True):
-        x = as_tensor(x)
+        x = _real_input(x)
         if not self.built:
             self.build(x.shape[1:])
         if activate and self.activation is not None and self.activation == self.fused_activation:
@@ -89,7 +123,7 @@ class _Spatial(Layer):
         self.data_format = data_format
 
     def __call__(self, x, training=False, activate=True):
-        x = as_tensor(x)
+        x = _real_input(x)
         if x.ndim != 4:
             raise ValueError(f"{type(self).__name__} expects 4-D input ({self._layout()}), got shape {x.shape}")
         if self.data_format == "channels_last":
@@ -118,13 +152,14 @@ class Conv2D(_Spatial):
                  dilation_rate=1, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros"):
         super().__init__(data_format)
-        if not isinstance(filters, int) or filters <= 0:
-            raise ValueError(f"filters must be a positive int, got {filters!r}")
-        self.filters = filters
+        self.filters = as_count(filters, "filters")
         self.kernel_size = as_pair(kernel_size, "kernel_size")
         self.strides, self.dilation_rate = as_pair(strides, "strides"), as_pair(dilation_rate, "dilation_rate")
-        self.padding, self.activation, self.use_bias = padding, _activation(activation), use_bias
-        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+        check_padding_form(padding)
+        self.padding, self.activation = padding, _activation(activation)
+        self.use_bias = _flag(use_bias, "use_bias")
+        self.kernel_initializer = _initializer(kernel_initializer, "kernel_initializer")
+        self.bias_initializer = _initializer(bias_initializer, "bias_initializer")
 
     def build(self, input_shape):  # input_shape is (C, H, W)
         channels = input_shape[0]
@@ -155,6 +190,7 @@ class _Pool(_Spatial):
         super().__init__(data_format)
         self.pool_size = as_pair(pool_size, "pool_size")
         self.strides = self.pool_size if strides is None else as_pair(strides, "strides")
+        check_padding_form(padding, allow_explicit=False)
         self.padding = padding
 
     def forward(self, x, training):
@@ -162,10 +198,7 @@ class _Pool(_Spatial):
         return pool(x, self.pool_size, self.strides, self.padding)
 
     def _nchw_output_shape(self, chw):
-        c, h, w = chw
-        if self.padding.lower() == "same":
-            return (c,) + tuple(-(-i // s) for i, s in zip((h, w), self.strides))
-        return (c,) + tuple((i - p) // s + 1 for i, p, s in zip((h, w), self.pool_size, self.strides))
+        return F.pool2d_output_shape((1,) + tuple(chw), self.pool_size, self.strides, self.padding)[1:]
 
 
 class MaxPool2D(_Pool):
@@ -188,7 +221,7 @@ class ReLU(Layer):
 
 class Flatten(Layer):
     def forward(self, x, training):
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # not -1: an empty batch has no size to infer
 
     def output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)
@@ -200,10 +233,10 @@ class Dense(Layer):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros"):
         super().__init__()
-        if not isinstance(units, int) or units <= 0:
-            raise ValueError(f"units must be a positive int, got {units!r}")
-        self.units, self.activation, self.use_bias = units, _activation(activation), use_bias
-        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+        self.units, self.activation = as_count(units, "units"), _activation(activation)
+        self.use_bias = _flag(use_bias, "use_bias")
+        self.kernel_initializer = _initializer(kernel_initializer, "kernel_initializer")
+        self.bias_initializer = _initializer(bias_initializer, "bias_initializer")
 
     def build(self, input_shape):
         if len(input_shape) != 1:
@@ -228,9 +261,7 @@ class Dropout(Layer):
 
     def __init__(self, rate):
         super().__init__()
-        if not 0 <= rate < 1:
-            raise ValueError(f"rate must be in [0, 1), got {rate}")
-        self.rate = rate
+        self.rate = _fraction(rate, "rate")
 
     def forward(self, x, training):
         return F.dropout(x, self.rate, training)
@@ -246,10 +277,26 @@ class BatchNormalization(Layer):
 
     def __init__(self, axis=1, momentum=0.99, epsilon=1e-3):
         super().__init__()
-        self.axis, self.momentum, self.epsilon = axis, momentum, epsilon
+        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"axis must be an int, got {axis!r}")
+        if axis == 0:
+            raise ValueError("axis must not be 0, the batch axis: BatchNormalization normalizes over the batch; "
+                             "use axis=1 for NCHW channels or dense features, -1 for the last axis")
+        self.axis = int(axis)
+        self.momentum = _fraction(momentum, "momentum")
+        if isinstance(epsilon, (bool, np.bool_)) or not isinstance(epsilon, (int, float, np.floating)) or not epsilon > 0:
+            raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
+        self.epsilon = float(epsilon)
+
+    def _axis_of(self, ndim):
+        """The normalized axis for input of ``ndim`` dimensions (batch included); a clear error when out of range."""
+        if not (1 <= self.axis < ndim or -ndim < self.axis < 0):
+            raise ValueError(f"axis {self.axis} is out of range for input of {ndim} dimensions (batch included): "
+                             f"use 1 .. {ndim - 1} or -1 .. {1 - ndim}")
+        return self.axis % ndim
 
     def build(self, input_shape):
-        channels = input_shape[self.axis - 1]
+        channels = input_shape[self._axis_of(len(input_shape) + 1) - 1]
         self.weights["gamma"] = _initial("ones", (channels,), 1, 1)
         self.weights["beta"] = _initial("zeros", (channels,), 1, 1)
         xp = backend.xp()
@@ -259,15 +306,16 @@ class BatchNormalization(Layer):
 
     def forward(self, x, training):
         gamma, beta = self.weights["gamma"], self.weights["beta"]
+        axis = self._axis_of(x.ndim)
         if training:
-            y, (mean, var) = F.batch_norm(x, gamma, beta, self.axis, self.epsilon)
+            y, (mean, var) = F.batch_norm(x, gamma, beta, axis, self.epsilon)
             for key, batch in (("moving_mean", mean), ("moving_variance", var)):
                 moving = self.state[key]
                 moving *= self.momentum
                 moving += (1 - self.momentum) * batch.astype(moving.dtype)
             return y
         shape = [1] * x.ndim
-        shape[self.axis] = x.shape[self.axis]
+        shape[axis] = x.shape[axis]
         xp = backend.array_module(x.data)
         inv_std = Tensor((1.0 / xp.sqrt(self.state["moving_variance"] + self.epsilon)).astype(x.dtype))
         scale = gamma * inv_std  # Tensor ops, so gradients still flow in inference mode

@@ -71,12 +71,17 @@ class Sequential:
         self.input_shape = shape
         shapes = []
         for layer in self.layers:
-            if not layer.built:
-                native = shape
-                if isinstance(layer, _Spatial) and layer.data_format == "channels_last":
-                    native = (shape[2], shape[0], shape[1])
-                layer.build(native)
-            shape = tuple(layer.output_shape(shape))
+            try:  # the layer's own check, e.g. a kernel larger than its input, named with the layer
+                out = tuple(layer.output_shape(shape))
+                if not layer.built:
+                    native = shape
+                    if isinstance(layer, _Spatial) and layer.data_format == "channels_last":
+                        native = (shape[2], shape[0], shape[1])
+                    layer.build(native)
+            except ValueError as error:
+                raise ValueError(f"layer {layer.name} ({type(layer).__name__}) cannot take input of shape "
+                                 f"{(None,) + shape}: {error}") from None
+            shape = out
             shapes.append(shape)
         return shapes
 
@@ -163,11 +168,15 @@ class Sequential:
         objects (e.g. ``LearningRateScheduler``).
         """
         self._require_compiled()
-        n = len(x)
-        if len(y) != n:
-            raise ValueError(f"x has {n} samples but y has {len(y)}")
-        if batch_size <= 0 or epochs < 0:
-            raise ValueError(f"batch_size must be positive and epochs non-negative, got {batch_size}, {epochs}")
+        for name, value, low in (("batch_size", batch_size, 1), ("epochs", epochs, 0), ("initial_epoch", initial_epoch, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        # every check before the first step, so bad data never leaves the weights half-trained
+        x, y = self._checked_data(x, y, "x", "y")
+        if validation_data is not None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise ValueError("validation_data must be a pair (x_val, y_val)")
+            validation_data = self._checked_data(*validation_data, "validation_data x", "validation_data y")
         history = History()
         names = ["loss"] + ["accuracy" for _ in self.metrics]
         for callback in callbacks:
@@ -209,6 +218,7 @@ class Sequential:
     def evaluate(self, x, y, batch_size=256):
         """[loss, *metrics] over (x, y) in inference mode."""
         self._require_compiled()
+        x, y = self._checked_data(x, y, "x", "y")
         totals, n = None, len(x)
         with no_grad(), backend.session():
             for b0 in range(0, n, batch_size):
@@ -234,6 +244,37 @@ class Sequential:
     def _as_target(y):
         return backend.to_device(y)
 
+    def _checked_data(self, x, y, x_name, y_name):
+        """(x, y) as arrays after checking all of them once: non-empty, real inputs of the model's sample shape,
+        as many targets as samples, and targets the loss can take (class indices in range, or rows of the
+        output's width). Raises ValueError/TypeError naming the argument."""
+        x, y = (v if hasattr(v, "shape") and hasattr(v, "dtype") else np.asarray(v) for v in (x, y))
+        if x.ndim == 0 or len(x) == 0:
+            raise ValueError(f"{x_name} is empty (shape {tuple(x.shape)}); there is nothing to train on or evaluate")
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"{x_name} has dtype {x.dtype}; the model takes real numbers")
+        if self.input_shape is not None and tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise ValueError(f"{x_name} has samples of shape {tuple(x.shape[1:])} but the model's input_shape is "
+                             f"{tuple(self.input_shape)}")
+        if y.ndim == 0 or len(y) != len(x):
+            raise ValueError(f"{x_name} has {len(x)} samples but {y_name} has "
+                             f"{len(y) if y.ndim else 'no'} (shape {tuple(y.shape)})")
+        self.input_shape = tuple(x.shape[1:])
+        classes = self.build()[-1][-1] if self.layers else None
+        if isinstance(self.loss, losses.SparseCategoricalCrossentropy) and not isinstance(
+                self.loss, losses.CategoricalCrossentropy):
+            if y.ndim != 1 or y.dtype.kind not in "iu":
+                raise ValueError(f"{y_name} must be a 1-D array of integer class indices for "
+                                 f"sparse_categorical_crossentropy, got shape {tuple(y.shape)} dtype {y.dtype}")
+            low, high = int(y.min()), int(y.max())
+            if low < 0 or high >= classes:
+                raise ValueError(f"{y_name} must hold class indices in [0, {classes}) (the model has {classes} "
+                                 f"outputs), got values in [{low}, {high}]")
+        elif isinstance(self.loss, losses.CategoricalCrossentropy) and tuple(y.shape[1:]) != (classes,):
+            raise ValueError(f"{y_name} must have rows of {classes} values (one-hot) for categorical_crossentropy, "
+                             f"got shape {tuple(y.shape)}")
+        return x, y
+
     def _require_compiled(self):
         if self.optimizer is None:
             raise RuntimeError("call compile(optimizer, loss, metrics) before fit/evaluate/train_on_batch")
@@ -254,22 +295,54 @@ class Sequential:
         atomic_write(path, lambda f: np.savez(f, **arrays))
 
     def load_weights(self, path):
-        """Load weights saved by ``save_weights``; every name and shape must match this model."""
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                saved = {k: archive[k] for k in archive.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(f"{path}: not a readable weights file ({error}); was it written by save_weights?") \
-                from None
+        """Load weights saved by ``save_weights``; every name and shape must match this model.
+
+        All or nothing: names, shapes and dtypes (real floating point only) are checked from the
+        file's headers before any array is read, every array is read and converted next, and only
+        then are the model's weights replaced. A file that does not match changes nothing.
+        """
         own = self.weight_arrays()
-        missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
-        wrong = [f"{k}: file {saved[k].shape}, model {tuple(own[k].shape)}"
-                 for k in own if k in saved and saved[k].shape != tuple(own[k].shape)]
+        headers = read_npz_headers(path)
+        missing, unexpected = sorted(set(own) - set(headers)), sorted(set(headers) - set(own))
+        wrong = [f"{k}: file {headers[k][0]}, model {tuple(own[k].shape)}"
+                 for k in own if k in headers and headers[k][0] != tuple(own[k].shape)]
         if missing or unexpected or wrong:
             raise ValueError(f"{path} does not match this model: missing {missing}, unexpected {unexpected}, "
                              f"shape mismatches {wrong}")
-        for key, array in own.items():
-            array[...] = backend.to_device(saved[key], dtype=array.dtype)
+        not_float = [f"{k}: {dtype}" for k, (_, dtype) in headers.items() if dtype.kind != "f"]
+        if not_float:
+            raise TypeError(f"{path} holds arrays that are not real floating point, refused as weights: {not_float}")
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                loaded = {k: backend.to_device(archive[k], dtype=own[k].dtype) for k in own}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path}: not a readable weights file ({error}); was it written by save_weights?") \
+                from None
+        for layer in self.layers:  # nothing above changed the model; now every array is replaced
+            for key, tensor in layer.weights.items():
+                tensor[...] = loaded[f"{layer.name}/{key}"]
+            for key, array in layer.state.items():
+                array[...] = loaded[f"{layer.name}/{key}"]
+
+
+def read_npz_headers(path):
+    """{name: (shape, dtype)} of every array in an ``.npz`` file, from the ``.npy`` headers alone (no data read)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            headers = {}
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise ValueError(f"member {info.filename!r} is not a .npy array")
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                    if version not in read:
+                        raise ValueError(f"member {info.filename!r} has .npy format {version}")
+                    shape, _, dtype = read[version](member)
+                headers[info.filename[:-4]] = (tuple(shape), np.dtype(dtype))
+            return headers
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: not a readable weights file ({error}); was it written by save_weights?") from None
 
 
 def _progress(iterable, description, show):

@@ -35,37 +35,45 @@ def _image_units(n_images, out_h, out_w, bytes_per_column, budget):
 
 
 def _chunks(n0, n1, out_h, out_w, bytes_per_column, budget):
-    """Yield ``(n0, n1, oh0, oh1)`` blocks of output columns whose workspace fits ``budget``.
+    """Yield ``(n0, n1, oh0, oh1, ow0, ow1)`` blocks of output positions whose workspace fits ``budget``.
 
     Whole images are grouped while one image fits; otherwise an image is split
-    by output rows (never below one row, so a single output row whose columns
-    exceed the budget is the one case allowed to exceed it).
+    by output rows, and a row too wide by columns. A block never has fewer than
+    one output position, so only a single position whose column (C*R*S + K
+    elements) exceeds the budget can exceed it.
     """
     per_image = out_h * out_w * bytes_per_column
     if per_image <= budget:
-        step = max(1, budget // per_image)
+        step = max(1, budget // max(per_image, 1))
         for a in range(n0, n1, step):
-            yield a, min(a + step, n1), 0, out_h
-    else:
-        rows = max(1, budget // (out_w * bytes_per_column))
+            yield a, min(a + step, n1), 0, out_h, 0, out_w
+    elif out_w * bytes_per_column <= budget:
+        rows = budget // (out_w * bytes_per_column)
         for n in range(n0, n1):
             for oh0 in range(0, out_h, rows):
-                yield n, n + 1, oh0, min(oh0 + rows, out_h)
+                yield n, n + 1, oh0, min(oh0 + rows, out_h), 0, out_w
+    else:
+        cols = max(1, budget // bytes_per_column)
+        for n in range(n0, n1):
+            for oh in range(out_h):
+                for ow0 in range(0, out_w, cols):
+                    yield n, n + 1, oh, oh + 1, ow0, min(ow0 + cols, out_w)
 
 
 # --------------------------------------------------------------------------- kernels
 # Serial Numba loops (one image range per thread, see runtime.run_units); 1-D row views keep
-# the inner loops free of 4-D index arithmetic, and stride 1 gets a contiguous loop.
+# the inner loops free of 4-D index arithmetic, and stride 1 gets a contiguous loop. A block is
+# images [n0, n1) x output rows [oh0, oh1) x output columns [ow0, ow1) (a column range narrower
+# than the row only when the block is one row of one image); its columns are ordered (n, row, col).
 
 @njit(**JIT)
-def _im2col(x, col, n0, n1, oh0, oh1, R, S, sh, sw, pt, pl, dh, dw):
+def _im2col(x, col, n0, n1, oh0, oh1, ow0, ow1, R, S, sh, sw, pt, pl, dh, dw):
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    nb, rows = n1 - n0, oh1 - oh0
-    OW = col.shape[1] // (nb * rows)
+    nb, rows, OW = n1 - n0, oh1 - oh0, ow1 - ow0
     for crs in range(C * R * S):
         c, r, s = crs // (R * S), (crs // S) % R, crs % S
-        lo, hi = valid_output_range(s * dw, pl, sw, W, OW)
-        w_first, count = lo * sw - pl + s * dw, hi - lo
+        lo, hi = _block_columns(s * dw, pl, sw, W, ow0, ow1)
+        w_first, count = (lo + ow0) * sw - pl + s * dw, hi - lo
         for n in range(nb):
             plane = x[n0 + n, c]
             for i in range(rows):
@@ -87,19 +95,18 @@ def _im2col(x, col, n0, n1, oh0, oh1, R, S, sh, sw, pt, pl, dh, dw):
 
 
 @njit(**JIT)
-def _col2im_add(dcol, dx, n0, n1, oh0, oh1, R, S, sh, sw, pt, pl, dh, dw):
+def _col2im_add(dcol, dx, n0, n1, oh0, oh1, ow0, ow1, R, S, sh, sw, pt, pl, dh, dw):
     """dx[n0:n1] += col2im(dcol), the transpose of _im2col (fixed summation order)."""
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
-    nb, rows = n1 - n0, oh1 - oh0
-    OW = dcol.shape[1] // (nb * rows)
+    nb, rows, OW = n1 - n0, oh1 - oh0, ow1 - ow0
     for n in range(nb):
         for c in range(C):
             plane = dx[n0 + n, c]
             for r in range(R):
                 for s in range(S):
                     crs = (c * R + r) * S + s
-                    lo, hi = valid_output_range(s * dw, pl, sw, W, OW)
-                    w_first, count = lo * sw - pl + s * dw, hi - lo
+                    lo, hi = _block_columns(s * dw, pl, sw, W, ow0, ow1)
+                    w_first, count = (lo + ow0) * sw - pl + s * dw, hi - lo
                     for i in range(rows):
                         h = (oh0 + i) * sh - pt + r * dh
                         if h < 0 or h >= H:
@@ -116,44 +123,52 @@ def _col2im_add(dcol, dx, n0, n1, oh0, oh1, R, S, sh, sw, pt, pl, dh, dw):
 
 
 @njit(**JIT)
-def _store_output(gemm_out, y, bias, use_bias, relu, n0, n1, oh0, oh1):
-    """y[n0:n1, :, oh0:oh1] = epilogue(gemm_out), the (K, columns) GEMM result, with bias and ReLU fused.
+def _store_output(gemm_out, y, bias, use_bias, relu, n0, n1, oh0, oh1, ow0, ow1, OW):
+    """The block's outputs of y = epilogue(gemm_out), the (K, columns) GEMM result, with bias and ReLU fused.
 
-    y is the output viewed as (N, K, OH*OW).
+    y is the output viewed as (N, K, OH*OW); OW is its full width.
     """
     K = y.shape[1]
-    OW = gemm_out.shape[1] // ((n1 - n0) * (oh1 - oh0))
-    nb, rows = n1 - n0, oh1 - oh0
+    size = (oh1 - oh0) * (ow1 - ow0)  # per image: whole rows, or a part of one row
+    start = oh0 * OW + ow0
     zero = y.dtype.type(0)
-    for n in range(nb):
+    for n in range(n1 - n0):
         for k in range(K):
             b = bias[k] if use_bias else zero
-            src = gemm_out[k, n * rows * OW:(n + 1) * rows * OW]
-            dst = y[n0 + n, k, oh0 * OW:oh1 * OW]
+            src = gemm_out[k, n * size:(n + 1) * size]
+            dst = y[n0 + n, k, start:start + size]
             if relu:
-                for j in range(rows * OW):
+                for j in range(size):
                     v = src[j] + b
                     dst[j] = zero if v <= 0 else v  # NaN is not <= 0, so it propagates
             else:
-                for j in range(rows * OW):
+                for j in range(size):
                     dst[j] = src[j] + b
 
 
 @njit(**JIT)
-def _gather_columns(dy, dy_cols, n0, n1, oh0, oh1):
-    """dy_cols[k, (n*rows + i)*OW + ow] = dy[n0 + n, k, (oh0 + i)*OW + ow]: NCHW -> (K, columns) for the GEMMs.
+def _gather_columns(dy, dy_cols, n0, n1, oh0, oh1, ow0, ow1, OW):
+    """The block's columns of dy as (K, columns) for the GEMMs: the NCHW -> column layout change.
 
-    dy is viewed as (N, K, OH*OW).
+    dy is viewed as (N, K, OH*OW); OW is its full width.
     """
     K = dy.shape[1]
-    nb, rows = n1 - n0, oh1 - oh0
-    OW = dy_cols.shape[1] // (nb * rows)
-    for n in range(nb):
+    size = (oh1 - oh0) * (ow1 - ow0)
+    start = oh0 * OW + ow0
+    for n in range(n1 - n0):
         for k in range(K):
-            src = dy[n0 + n, k, oh0 * OW:oh1 * OW]
-            dst = dy_cols[k, n * rows * OW:(n + 1) * rows * OW]
-            for j in range(rows * OW):
+            src = dy[n0 + n, k, start:start + size]
+            dst = dy_cols[k, n * size:(n + 1) * size]
+            for j in range(size):
                 dst[j] = src[j]
+
+
+@njit(inline="always")
+def _block_columns(tap_offset, pad_before, stride, in_size, ow0, ow1):
+    """Columns [lo, hi) of block [ow0, ow1), counted from ow0, whose tap reads real input (not padding)."""
+    lo, hi = valid_output_range(tap_offset, pad_before, stride, in_size, ow1)
+    lo = max(lo, ow0)
+    return lo - ow0, max(hi, lo) - ow0
 
 
 def _geometry(R, S, stride, padding, dilation):
@@ -167,16 +182,17 @@ def _plan(N, OH, OW, rows_a, rows_b, dtype, workspace_bytes):
     ``(rows_a, columns)`` and ``b`` is ``(rows_b, columns)``, both carved from this
     thread's reusable workspace and together within the per-worker budget.
     """
-    column_bytes = np.dtype(dtype).itemsize * (rows_a + rows_b)
+    column_bytes = max(1, np.dtype(dtype).itemsize * (rows_a + rows_b))  # 1: C = K = 0 still plans
     budget = runtime.workspace_budget(workspace_bytes)
     units = _image_units(N, OH, OW, column_bytes, budget)
     per_worker = max(1, budget // max(1, min(len(units), runtime.workers())))
 
     def blocks(a, b):
-        for n0, n1, oh0, oh1 in _chunks(a, b, OH, OW, column_bytes, per_worker):
-            cols = (n1 - n0) * (oh1 - oh0) * OW
+        for block in _chunks(a, b, OH, OW, column_bytes, per_worker):
+            n0, n1, oh0, oh1, ow0, ow1 = block
+            cols = (n1 - n0) * (oh1 - oh0) * (ow1 - ow0)
             scratch = runtime.scratch((rows_a + rows_b) * cols, dtype)
-            yield ((n0, n1, oh0, oh1), scratch[:rows_a * cols].reshape(rows_a, cols),
+            yield (block, scratch[:rows_a * cols].reshape(rows_a, cols),
                    scratch[rows_a * cols:].reshape(rows_b, cols))
 
     return units, blocks
@@ -203,7 +219,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, relu=False, works
         for block, col, gemm_out in blocks(a, b):
             _im2col(x, col, *block, *geometry)
             np.matmul(w_mat, col, out=gemm_out)
-            _store_output(gemm_out, y_rows, bias, use_bias, relu, *block)
+            _store_output(gemm_out, y_rows, bias, use_bias, relu, *block, OW)
 
     runtime.run_units(work, units)
     return y
@@ -225,7 +241,7 @@ def conv2d_backward_input(dy, weight, x_shape, stride, padding, dilation, worksp
 
     def work(a, b):
         for block, dcol, dy_cols in blocks(a, b):
-            _gather_columns(dy_rows, dy_cols, *block)
+            _gather_columns(dy_rows, dy_cols, *block, OW)
             np.matmul(w_mat_t, dy_cols, out=dcol)
             _col2im_add(dcol, dx, *block, *geometry)
 
@@ -252,7 +268,7 @@ def conv2d_backward_weight(dy, x, weight_shape, stride, padding, dilation, works
         partial = np.zeros((K, C * R * S), dy.dtype)
         for block, col, dy_cols in blocks(a, b):
             _im2col(x, col, *block, *geometry)
-            _gather_columns(dy_rows, dy_cols, *block)
+            _gather_columns(dy_rows, dy_cols, *block, OW)
             partial += dy_cols @ col.T
         return partial
 

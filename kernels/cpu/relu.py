@@ -24,16 +24,17 @@ def _relu_backward(i0, i1, dy, y, dx):
 
 
 def relu_forward(x):
-    """y = max(x, 0), any shape."""
-    x = np.ascontiguousarray(x)
+    """y = max(x, 0), any shape (0-d included)."""
+    x = np.asarray(x, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
     y = np.empty_like(x)
     runtime.parallel_for(_relu_forward, x.size, 1, x.reshape(-1), y.reshape(-1))
     return y
 
 
 def relu_backward(dy, y):
-    """dx = dy where the forward output y > 0 (equivalently x > 0), else 0."""
-    dy = np.ascontiguousarray(dy)
+    """dx = dy where the forward output y > 0 (equivalently x > 0), else 0; any shape (0-d included)."""
+    dy = np.asarray(dy, order="C")
     dx = np.empty_like(dy)
-    runtime.parallel_for(_relu_backward, dy.size, 1, dy.reshape(-1), np.ascontiguousarray(y).reshape(-1), dx.reshape(-1))
+    runtime.parallel_for(_relu_backward, dy.size, 1, dy.reshape(-1), np.asarray(y, order="C").reshape(-1),
+                         dx.reshape(-1))
     return dx

@@ -91,10 +91,14 @@ def workspace_budget(workspace_bytes):
 
 
 # --------------------------------------------------------------------------- threads
+# The pool and the BLAS limiter are created on first use and forgotten in a forked child, whose copy
+# of the parent's pool has no threads (using it would hang forever).
 
-_pool_lock = threading.Lock()
+_lock = threading.Lock()
 _pool = None
 _blas = None
+_blas_users = 0       # callers inside single_threaded_blas() now, across threads
+_blas_limiter = None  # what restores BLAS's own thread count when the last of them leaves
 
 
 def workers():
@@ -103,11 +107,43 @@ def workers():
 
 def _controller():
     global _pool, _blas
-    with _pool_lock:
+    with _lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(workers(), thread_name_prefix="gpuconv-cpu")
             _blas = ThreadpoolController()
     return _pool, _blas
+
+
+def _forget_threads_after_fork():
+    global _lock, _pool, _blas, _blas_users, _blas_limiter
+    _lock, _pool, _blas, _blas_users, _blas_limiter = threading.Lock(), None, None, 0, None
+
+
+os.register_at_fork(after_in_child=_forget_threads_after_fork)
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Hold BLAS to one thread while any caller, in any thread, is inside; restore it when the last leaves.
+
+    BLAS's thread count is process-wide, so overlapping callers share one limit:
+    the first saves the original count, the last restores it, whatever the order
+    in which they leave.
+    """
+    global _blas_users, _blas_limiter
+    _, blas = _controller()
+    with _lock:
+        if _blas_users == 0:
+            _blas_limiter = blas.limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
 
 
 @contextlib.contextmanager
@@ -118,7 +154,7 @@ def session():
     the cores our kernels' threads need; a model's small matmuls lose little by
     running on one thread. Inside, every kernel still uses all cores.
     """
-    with _controller()[1].limit(limits=1, user_api="blas"):
+    with single_threaded_blas():
         yield
 
 
@@ -131,8 +167,8 @@ def run_units(work, units):
     """
     if len(units) <= 1:
         return [work(*unit) for unit in units]
-    pool, blas = _controller()
-    with blas.limit(limits=1, user_api="blas"):
+    pool, _ = _controller()
+    with single_threaded_blas():
         return list(pool.map(lambda unit: work(*unit), units))
 
 

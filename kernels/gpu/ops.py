@@ -167,18 +167,17 @@ class GpuOps:
 
     def relu_forward(self, x):
         """y = max(x, 0), any shape; NaN propagates."""
-        x = self._contiguous(x)
         y = self._new(x.shape, x.dtype, "the ReLU output")
         if x.size:
-            self._launch_relu_forward(x.reshape(-1), y.reshape(-1))
+            self._launch_relu_forward(self._contiguous(x).reshape(-1), y.reshape(-1))
         return y
 
     def relu_backward(self, dy, y):
         """dx = dy where the forward output y > 0, else 0."""
-        dy = self._contiguous(dy)
         dx = self._new(dy.shape, dy.dtype, "the ReLU input gradient")
         if dy.size:
-            self._launch_relu_backward(dy.reshape(-1), self._contiguous(y).reshape(-1), dx.reshape(-1))
+            self._launch_relu_backward(self._contiguous(dy).reshape(-1), self._contiguous(y).reshape(-1),
+                                       dx.reshape(-1))
         return dx
 
 

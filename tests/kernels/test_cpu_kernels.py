@@ -58,7 +58,52 @@ def test_chunk_planning_for_a_batch_past_2_to_the_31_elements():
     units = conv._image_units(n, oh, ow, column_bytes, budget)
     covered = 0
     for a, b in units:
-        for n0, n1, oh0, oh1 in conv._chunks(a, b, oh, ow, column_bytes, budget):
-            assert (n1 - n0) * (oh1 - oh0) * ow * column_bytes <= budget
+        for n0, n1, oh0, oh1, ow0, ow1 in conv._chunks(a, b, oh, ow, column_bytes, budget):
+            assert (n1 - n0) * (oh1 - oh0) * (ow1 - ow0) * column_bytes <= budget and (ow0, ow1) == (0, ow)
             covered += (n1 - n0) * (oh1 - oh0)
     assert covered == n * oh
+
+
+@pytest.mark.parametrize("n,oh,ow,budget", [(2, 3, 1000, 4000), (1, 1, 7, 1), (3, 2, 10, 400), (2, 5, 4, 10**6)])
+def test_chunks_split_rows_and_then_columns_and_cover_every_output_once(n, oh, ow, budget):
+    column_bytes = 40
+    seen = np.zeros((n, oh, ow), int)
+    for n0, n1, oh0, oh1, ow0, ow1 in conv._chunks(0, n, oh, ow, column_bytes, budget):
+        assert (n1 - n0) * (oh1 - oh0) * (ow1 - ow0) * column_bytes <= max(budget, column_bytes)
+        assert ow1 - ow0 == ow or (n1 - n0, oh1 - oh0) == (1, 1)  # partial rows only one row at a time
+        seen[n0:n1, oh0:oh1, ow0:ow1] += 1
+    assert (seen == 1).all()
+
+
+def test_very_wide_images_stay_within_the_workspace(rng, monkeypatch):
+    """One output row of 200k columns: its im2col alone would be 442 MiB; the budget splits it by columns."""
+    requested = []
+    original = runtime.scratch
+    monkeypatch.setattr(runtime, "scratch", lambda count, dtype: requested.append(count * np.dtype(dtype).itemsize)
+                        or original(count, dtype))
+    x = rng.standard_normal((1, 64, 1, 200000)).astype(np.float32)
+    w = rng.standard_normal((4, 64, 1, 9)).astype(np.float32)
+    geometry = ((1, 1), ((0, 0), (0, 0)), (1, 1))
+    y = cpu.conv2d_forward(x, w, None, *geometry)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = cpu.conv2d_backward_input(dy, w, x.shape, *geometry)
+    dw = cpu.conv2d_backward_weight(dy, x, w.shape, *geometry)
+    assert max(requested) <= runtime.WORKSPACE_BYTES
+    # a slice against the float64 reference (outputs 0..1990 read inputs 0..1999 only)
+    np.testing.assert_allclose(y[..., :1990], ref.conv2d(x[..., :2000], w)[..., :1990], rtol=1e-4, atol=1e-4)
+    dx_ref, _, _ = ref.conv2d_grads(x[..., :2000], w, dy[..., :1992], *geometry)
+    np.testing.assert_allclose(dx[..., :1980], dx_ref[..., :1980], rtol=1e-4, atol=1e-4)
+    assert dw.shape == w.shape and np.isfinite(dw).all()
+
+
+def test_zero_channels_and_zero_filters(rng):
+    """C = 0 and K = 0 (empty sums, empty outputs): no division by zero, the bias alone where C = 0."""
+    geometry = ((1, 1), ((1, 1), (1, 1)), (1, 1))
+    assert cpu.conv2d_forward(np.zeros((2, 0, 5, 5)), np.zeros((0, 0, 3, 3)), None, *geometry).shape == (2, 0, 5, 5)
+    y = cpu.conv2d_forward(np.zeros((2, 0, 5, 5)), np.zeros((3, 0, 3, 3)), np.arange(3.0), *geometry)
+    np.testing.assert_array_equal(y, np.broadcast_to(np.arange(3.0)[None, :, None, None], (2, 3, 5, 5)))
+    dy = rng.standard_normal((2, 0, 5, 5))
+    assert cpu.conv2d_backward_input(dy, np.zeros((0, 0, 3, 3)), (2, 0, 5, 5), *geometry).shape == (2, 0, 5, 5)
+    assert cpu.conv2d_backward_weight(dy, np.zeros((2, 0, 5, 5)), (0, 0, 3, 3), *geometry).shape == (0, 0, 3, 3)
+    dw = cpu.conv2d_backward_weight(np.ones((2, 3, 5, 5)), np.zeros((2, 0, 5, 5)), (3, 0, 3, 3), *geometry)
+    assert dw.shape == (3, 0, 3, 3)
