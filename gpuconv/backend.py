@@ -11,7 +11,7 @@ manager, per block of code and thread), ``set_backend(...)`` (per process), or t
 environment variable ``GPUCONV_BACKEND``; the default is ``'auto'``.
 
 Public API: ``set_backend``, ``use_backend``, ``get_backend``, ``kernels``,
-``load``, ``session``, ``xp``, ``to_device``, ``to_host``, ``array_module``,
+``load``, ``session``, ``serial``, ``xp``, ``to_device``, ``to_host``, ``array_module``,
 ``gpu_present``, ``is_simulated``; ``IMPLEMENTED``, ``BACKENDS``, ``KERNELS``.
 """
 import contextlib
@@ -107,6 +107,12 @@ def load(name):
 def session():
     """Context for a block of many ops (a training loop): the backend's ``session()`` if it has one."""
     return getattr(kernels(), "session", contextlib.nullcontext)()
+
+
+def serial():
+    """Context in which this thread's ops use no threads of their own (the CPU backend's pool and BLAS):
+    for callers that run many ops in parallel themselves, such as Dask. A no-op on GPU backends."""
+    return getattr(kernels(), "serial", contextlib.nullcontext)()
 
 
 # ----------------------------------------------------------------------------- arrays

@@ -12,7 +12,7 @@ from . import runtime
 from .conv import conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, conv2d_forward  # noqa: F401
 from .pool import pool2d_backward, pool2d_forward  # noqa: F401
 from .relu import relu_backward, relu_forward  # noqa: F401
-from .runtime import session  # noqa: F401
+from .runtime import serial, session  # noqa: F401
 
 name = "cpu"
 xp = np

@@ -31,6 +31,7 @@ from .. import indexing
 # Extra memory per conv call: the default, and the cap (kept buffers stay within 2x the cap, 256 MiB).
 WORKSPACE_BYTES = 8 << 20
 WORKSPACE_LIMIT = 128 << 20
+SERIAL_WORKSPACE_BYTES = 1 << 20  # per call inside serial(): many such calls run side by side (Dask)
 # Below this many elements a pooling/ReLU call runs on the calling thread alone.
 PARALLEL_MIN_ELEMENTS = 1 << 15
 MALLOPT_ENV = "GPUCONV_MALLOPT"
@@ -86,8 +87,11 @@ def scratch(count, dtype):
 
 
 def workspace_budget(workspace_bytes):
-    """Bytes of scratch a call may use: ``workspace_bytes`` (default ``WORKSPACE_BYTES``), capped."""
-    return min(WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes, WORKSPACE_LIMIT)
+    """Bytes of scratch a call may use: ``workspace_bytes`` (default ``WORKSPACE_BYTES``, or
+    ``SERIAL_WORKSPACE_BYTES`` inside ``serial()``, where many calls run at once), capped."""
+    if workspace_bytes is None:
+        workspace_bytes = SERIAL_WORKSPACE_BYTES if getattr(_thread_state, "serial", False) else WORKSPACE_BYTES
+    return min(workspace_bytes, WORKSPACE_LIMIT)
 
 
 # --------------------------------------------------------------------------- threads
@@ -102,16 +106,41 @@ _blas_limiter = None  # what restores BLAS's own thread count when the last of t
 
 
 def workers():
-    return max(1, numba.get_num_threads())
+    """Threads a kernel call may use: the cores (Numba's count), or 1 inside ``serial()``."""
+    return 1 if getattr(_thread_state, "serial", False) else max(1, numba.get_num_threads())
+
+
+@contextlib.contextmanager
+def serial():
+    """Run this thread's kernel calls on this thread alone, BLAS included.
+
+    For callers that parallelize themselves (Dask's threads or worker processes):
+    their threads times ours would oversubscribe the cores.
+    """
+    previous = getattr(_thread_state, "serial", False)
+    _thread_state.serial = True
+    try:
+        with single_threaded_blas():
+            yield
+    finally:
+        _thread_state.serial = previous
 
 
 def _controller():
-    global _pool, _blas
+    """The thread pool (created on first use)."""
+    global _pool
     with _lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(workers(), thread_name_prefix="gpuconv-cpu")
+            _pool = ThreadPoolExecutor(max(1, numba.get_num_threads()), thread_name_prefix="gpuconv-cpu")
+    return _pool
+
+
+def _blas_controller():
+    global _blas
+    with _lock:
+        if _blas is None:
             _blas = ThreadpoolController()
-    return _pool, _blas
+    return _blas
 
 
 def _forget_threads_after_fork():
@@ -131,7 +160,7 @@ def single_threaded_blas():
     in which they leave.
     """
     global _blas_users, _blas_limiter
-    _, blas = _controller()
+    blas = _blas_controller()
     with _lock:
         if _blas_users == 0:
             _blas_limiter = blas.limit(limits=1, user_api="blas")
@@ -167,9 +196,8 @@ def run_units(work, units):
     """
     if len(units) <= 1:
         return [work(*unit) for unit in units]
-    pool, _ = _controller()
     with single_threaded_blas():
-        return list(pool.map(lambda unit: work(*unit), units))
+        return list(_controller().map(lambda unit: work(*unit), units))
 
 
 def parallel_for(kernel, count, cost_per_item, *args):

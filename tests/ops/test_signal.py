@@ -49,6 +49,8 @@ def test_dtypes_follow_scipy(rng):
     got = gs.convolve2d(a, k, boundary="symm")
     assert got.dtype == expected.dtype
     np.testing.assert_array_equal(got, expected)
+    # the fill value is converted to the integer result first, as scipy does (1.5 fills with 1)
+    np.testing.assert_array_equal(gs.correlate2d(a, k, fillvalue=1.5), scipy_signal.correlate2d(a, k, fillvalue=1.5))
     a32 = rng.standard_normal((8, 8)).astype(np.float32)
     got = gs.correlate2d(a32, gs.SOBEL_LEFT, mode="same")
     assert got.dtype == np.float32
