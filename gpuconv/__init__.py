@@ -19,7 +19,7 @@ from gpuconv import datasets, functional, nn, signal
 from gpuconv.backend import BACKENDS, get_backend, set_backend, use_backend
 from gpuconv.nn import Sequential, callbacks, layers, losses, optimizers
 from gpuconv.rng import set_seed
-from gpuconv.tensor import Function, Tensor, no_grad
+from gpuconv.tensor import Function, Tensor, from_dlpack, no_grad
 
 # The Keras-style modules keep their short names: ``from gpuconv.layers import Conv2D`` imports gpuconv.nn.layers.
 for _module in (callbacks, layers, losses, optimizers):
@@ -27,5 +27,5 @@ for _module in (callbacks, layers, losses, optimizers):
 del _module
 
 __version__ = "0.1.0"
-__all__ = ["Tensor", "Function", "no_grad", "Sequential", "set_seed", "callbacks", "functional", "layers", "losses",
+__all__ = ["Tensor", "Function", "from_dlpack", "no_grad", "Sequential", "set_seed", "callbacks", "functional", "layers", "losses",
            "optimizers", "datasets", "signal", "nn", "set_backend", "use_backend", "get_backend", "BACKENDS"]

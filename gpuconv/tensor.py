@@ -122,7 +122,14 @@ class Tensor:
             data = data.data
         elif isinstance(data, np.generic):  # NumPy scalars (e.g. from a full sum) keep their dtype
             data = np.asarray(data)
-        elif not (isinstance(data, np.ndarray) or hasattr(data, "__cuda_array_interface__")):
+        elif isinstance(data, np.ndarray) or type(data).__module__.startswith("cupy"):
+            pass
+        elif hasattr(data, "__dlpack__") and hasattr(data, "__dlpack_device__"):
+            data = _from_dlpack(data)  # PyTorch, JAX, ...: zero-copy, dtype kept
+        elif hasattr(data, "__cuda_array_interface__"):  # another GPU array (Numba's): CuPy, zero-copy
+            import cupy
+            data = cupy.asarray(data)
+        else:  # Python numbers and lists: floats become the working precision
             data = np.asarray(data)
             if data.dtype == np.float64:
                 data = data.astype(np.float32)
@@ -143,6 +150,32 @@ class Tensor:
     def data(self, array):
         self._data = array
         self._version += 1  # also for ``t.data -= g``, which assigns the updated array back
+
+    # ----------------------------------------------------------------- array protocols
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(tensor)``: the host array itself (no copy) when it can; a GPU tensor raises."""
+        if not isinstance(self._data, np.ndarray):
+            raise TypeError(f"{self!r} lives on the GPU: NumPy cannot read it in place; call .numpy() to copy it "
+                            f"to the host")
+        if copy is False and dtype is not None and np.dtype(dtype) != self._data.dtype:
+            raise ValueError(f"np.asarray(copy=False) cannot convert {self!r} to {np.dtype(dtype)} without a copy")
+        array = self._data if dtype is None else self._data.astype(dtype, copy=False)
+        return array.copy() if copy else array
+
+    def __dlpack__(self, *args, **kwargs):
+        """DLPack export of the array (zero-copy): ``torch.from_dlpack(tensor)``, ``np.from_dlpack(tensor)``."""
+        return self._data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self._data.__dlpack_device__()
+
+    @property
+    def __cuda_array_interface__(self):
+        """The GPU array's interface (GPU tensors only; a host tensor has none)."""
+        try:
+            return self._data.__cuda_array_interface__
+        except AttributeError:
+            raise AttributeError(f"{self!r} lives on the host: no __cuda_array_interface__") from None
 
     def __setitem__(self, index, value):
         """Write into the array in place (a new version: a pending backward pass through it will refuse)."""
@@ -265,6 +298,28 @@ class Tensor:
         axes = range(self.ndim) if axis is None else (axis,) if isinstance(axis, int) else axis
         count = int(np.prod([self.shape[a] for a in axes]))
         return self.sum(axis=axis, keepdims=keepdims) * (1.0 / count)
+
+
+_DLPACK_CPU, _DLPACK_CUDA = 1, 2
+
+
+def _from_dlpack(obj):
+    """An array of NumPy (host) or CuPy (CUDA) sharing ``obj``'s memory, through DLPack."""
+    if getattr(obj, "requires_grad", False):
+        raise TypeError(f"{type(obj).__module__}.{type(obj).__name__} requires grad, so it cannot be shared; "
+                        f"pass tensor.detach() (gpuconv keeps its own graph)")
+    device = obj.__dlpack_device__()[0]
+    if device == _DLPACK_CPU:
+        return np.from_dlpack(obj)
+    if device == _DLPACK_CUDA:
+        import cupy  # GPU arrays are CuPy arrays in gpuconv
+        return cupy.from_dlpack(obj)
+    raise TypeError(f"arrays on DLPack device type {device} are not supported (only CPU and CUDA)")
+
+
+def from_dlpack(obj, requires_grad=False):
+    """A Tensor sharing the memory of any DLPack exporter (PyTorch, JAX, NumPy, CuPy), dtype kept, no copy."""
+    return Tensor(_from_dlpack(obj), requires_grad=requires_grad)
 
 
 def as_tensor(value, name="input"):

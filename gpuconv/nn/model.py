@@ -208,15 +208,16 @@ class Sequential:
         seconds = time.perf_counter() - start
         record = dict(zip(names, (totals / max(seen, 1)).tolist()))
         if validation_data is not None:
-            for key, value in zip(names, self.evaluate(*validation_data, batch_size=max(batch_size, 256))):
-                record[f"val_{key}"] = value
+            scores = self.evaluate(*validation_data, batch_size=max(batch_size, 256), return_dict=True)
+            record.update({f"val_{key}": value for key, value in scores.items()})
         history.record(epoch, seconds, record)
         if verbose:
             print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items())
                   + f" ({seconds:.1f} s, {n / seconds:.0f} images/s)")
 
-    def evaluate(self, x, y, batch_size=256):
-        """[loss, *metrics] over (x, y) in inference mode."""
+    def evaluate(self, x, y, batch_size=256, return_dict=False):
+        """The loss over (x, y) in inference mode, as Keras returns it: a float without metrics, else
+        ``[loss, *metrics]``; ``return_dict=True`` gives ``{'loss': ..., 'accuracy': ...}``."""
         self._require_compiled()
         x, y = self._checked_data(x, y, "x", "y")
         totals, n = None, len(x)
@@ -226,19 +227,25 @@ class Sequential:
                 loss, out = self._loss_and_outputs(self._as_input(x[b0:b0 + batch_size]), yb, training=False)
                 values = np.array([float(loss.data)] + self._metric_values(out, yb)) * len(yb)
                 totals = values if totals is None else totals + values
-        return (totals / max(n, 1)).tolist()
+        scores = (totals / n).tolist()
+        if return_dict:
+            return dict(zip(["loss"] + ["accuracy" for _ in self.metrics], scores))
+        return scores[0] if len(scores) == 1 else scores
 
     def predict(self, x, batch_size=256):
-        """Outputs for x in inference mode, as an array (probabilities when the model ends in softmax)."""
-        xp = backend.xp()
+        """Outputs for x in inference mode, as a NumPy array on every backend (probabilities when the model
+        ends in softmax)."""
+        x = x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)  # nested lists too
         with no_grad(), backend.session():
-            parts = [self(self._as_input(x[b0:b0 + batch_size]), training=False).data
+            parts = [backend.to_host(self(self._as_input(x[b0:b0 + batch_size]), training=False).data)
                      for b0 in range(0, len(x), batch_size)]
-        return xp.concatenate(parts) if parts else xp.zeros((0,))
+        return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
     def _as_input(self, x):
-        x = backend.to_device(x)
-        return Tensor(x if x.dtype.kind == "f" else x.astype(np.float32))
+        """A batch on the backend's device in the model's dtype (its weights'; float32 before they exist),
+        as Keras casts inputs: float64 images and integer pixels both work."""
+        weights = self.parameters()
+        return Tensor(backend.to_device(x).astype(weights[0].dtype if weights else np.float32, copy=False))
 
     @staticmethod
     def _as_target(y):
@@ -318,11 +325,36 @@ class Sequential:
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"{path}: not a readable weights file ({error}); was it written by save_weights?") \
                 from None
-        for layer in self.layers:  # nothing above changed the model; now every array is replaced
+        self._replace_all(loaded)
+
+    def get_weights(self):
+        """Every weight and saved state array as NumPy arrays, in Keras's order: layer by layer, each layer's
+        trained weights (kernel, bias; gamma, beta) then its state (moving mean, variance). Layouts are
+        gpuconv's: conv kernels KCRS (Keras: HWIO), dense kernels (inputs, units) as in Keras."""
+        return [backend.to_host(array).copy() for array in self.weight_arrays().values()]
+
+    def set_weights(self, weights):
+        """Replace every weight from a list in ``get_weights``'s order; all checked before any is replaced."""
+        own = self.weight_arrays()
+        weights = list(weights)
+        if len(weights) != len(own):
+            raise ValueError(f"weights must be a list of {len(own)} arrays ({', '.join(own)}), got {len(weights)}")
+        loaded = {}
+        for (key, array), value in zip(own.items(), weights):
+            value = np.asarray(backend.to_host(value.data if isinstance(value, Tensor) else value))
+            if value.shape != tuple(array.shape) or value.dtype.kind != "f":
+                raise ValueError(f"weights for {key} must be a real floating-point array of shape "
+                                 f"{tuple(array.shape)}, got {value.dtype} {value.shape}")
+            loaded[key] = backend.to_device(value, dtype=array.dtype)
+        self._replace_all(loaded)
+
+    def _replace_all(self, arrays):
+        """Write ``arrays`` ({'layer/name': array}, complete and checked) into the weights (new versions)."""
+        for layer in self.layers:
             for key, tensor in layer.weights.items():
-                tensor[...] = loaded[f"{layer.name}/{key}"]
+                tensor[...] = arrays[f"{layer.name}/{key}"]
             for key, array in layer.state.items():
-                array[...] = loaded[f"{layer.name}/{key}"]
+                array[...] = arrays[f"{layer.name}/{key}"]
 
 
 def read_npz_headers(path):
