@@ -126,9 +126,8 @@ class Tensor:
             pass
         elif hasattr(data, "__dlpack__") and hasattr(data, "__dlpack_device__"):
             data = _from_dlpack(data)  # PyTorch, JAX, ...: zero-copy, dtype kept
-        elif hasattr(data, "__cuda_array_interface__"):  # another GPU array (Numba's): CuPy, zero-copy
-            import cupy
-            data = cupy.asarray(data)
+        elif hasattr(data, "__cuda_array_interface__"):
+            pass  # another GPU array: kept as given (the CPU backend refuses it by name)
         else:  # Python numbers and lists: floats become the working precision
             data = np.asarray(data)
             if data.dtype == np.float64:
