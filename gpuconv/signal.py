@@ -65,10 +65,7 @@ def correlate2d(in1, in2, mode="full", boundary="fill", fillvalue=0):
     swapped = mode == "valid" and _valid_swap_needed(in1.shape, in2.shape)
     if swapped:
         in1, in2 = in2, in1
-    # 'same' is centred on the 'full' result; scipy's centre for correlation is at k//2
-    offsets = {"full": (0, 0), "same": (in2.shape[0] // 2, in2.shape[1] // 2),
-               "valid": (in2.shape[0] - 1, in2.shape[1] - 1)}[mode]
-    out = _correlate_region(in1, in2, mode, offsets, pad_mode, fillvalue)
+    out = _correlate_region(in1, in2, _extension(in1.shape, in2.shape, mode, False), pad_mode, fillvalue)
     return _returned(out[::-1, ::-1] if swapped else out, on_host)
 
 
@@ -82,11 +79,8 @@ def convolve2d(in1, in2, mode="full", boundary="fill", fillvalue=0):
     in1, in2, mode, pad_mode, on_host = _check(in1, in2, mode, boundary)
     if mode == "valid" and _valid_swap_needed(in1.shape, in2.shape):
         in1, in2 = in2, in1  # convolution commutes
-    flipped = in2[::-1, ::-1]
-    # scipy's centre for convolution is at (k-1)//2
-    offsets = {"full": (0, 0), "same": ((in2.shape[0] - 1) // 2, (in2.shape[1] - 1) // 2),
-               "valid": (in2.shape[0] - 1, in2.shape[1] - 1)}[mode]
-    return _returned(_correlate_region(in1, flipped, mode, offsets, pad_mode, fillvalue), on_host)
+    pads = _extension(in1.shape, in2.shape, mode, True)
+    return _returned(_correlate_region(in1, in2[::-1, ::-1], pads, pad_mode, fillvalue), on_host)
 
 
 def _returned(out, on_host):
@@ -94,18 +88,30 @@ def _returned(out, on_host):
     return backend.to_host(out) if on_host else out
 
 
-def _correlate_region(in1, kernel, mode, offsets, pad_mode, fillvalue):
-    """Rows/cols ``offsets + [0, out)`` of the 'full' correlation of in1 (extended by ``pad_mode``) with kernel."""
+def _extension(in_shape, kernel_shape, mode, convolve):
+    """Padding ``((top, bottom), (left, right))`` of the image whose 'valid' correlation with the kernel
+    (flipped, for a convolution) is scipy's ``mode`` result. 'same' is centred on the 'full' result at
+    scipy's centre: k//2 for a correlation, (k-1)//2 for a convolution."""
+    offsets = {"full": (0, 0), "same": tuple((k - 1) // 2 if convolve else k // 2 for k in kernel_shape),
+               "valid": tuple(k - 1 for k in kernel_shape)}[mode]
+    out_shape = {"full": tuple(i + k - 1 for i, k in zip(in_shape, kernel_shape)), "same": tuple(in_shape),
+                 "valid": tuple(i - k + 1 for i, k in zip(in_shape, kernel_shape))}[mode]
+    # 'full' index i reads extended-input rows i - (k-1) .. i, so pad to cover the region asked for
+    return tuple((k - 1 - off, off + out - size)
+                 for k, off, out, size in zip(kernel_shape, offsets, out_shape, in_shape))
+
+
+def _dtypes(image_dtype, kernel_dtype):
+    """(result dtype, as scipy returns it; dtype the kernels compute in: float32/float64)."""
+    result = np.result_type(image_dtype, kernel_dtype)
+    work = result if result in (np.float32, np.float64) else np.float32 if result == np.float16 else np.float64
+    return result, np.dtype(work)
+
+
+def _correlate_region(in1, kernel, pads, pad_mode, fillvalue):
+    """The 'valid' correlation of in1, extended by ``pads`` with ``pad_mode``, with kernel."""
     xp = backend.array_module(in1)
-    (M1, N1), (M2, N2) = in1.shape, kernel.shape
-    out_shape = {"full": (M1 + M2 - 1, N1 + N2 - 1), "same": (M1, N1),
-                 "valid": (M1 - M2 + 1, N1 - N2 + 1)}[mode]
-    # 'full' index i reads extended-input rows i - (M2-1) .. i, so pad to cover the region asked for
-    pads = tuple((k - 1 - off, off + out - size)
-                 for k, off, out, size in zip((M2, N2), offsets, out_shape, (M1, N1)))
-    result_dtype = np.result_type(in1.dtype, kernel.dtype)
-    work_dtype = np.dtype(result_dtype if result_dtype in (np.float32, np.float64) else
-                          np.float32 if result_dtype == np.float16 else np.float64)
+    result_dtype, work_dtype = _dtypes(in1.dtype, kernel.dtype)
     image = in1.astype(work_dtype, copy=False)
     if pad_mode == "constant":
         image = xp.pad(image, pads, mode="constant", constant_values=_fill(fillvalue, result_dtype, work_dtype))
@@ -165,17 +171,11 @@ def _dask_filter(function, image, kernel, mode, boundary, fillvalue):
             boundary not in ("fill", "pad") and (M2 > M1 or N2 > N1):
         # the image is no larger than the in-memory kernel (scipy swaps them, or wraps it more than once)
         return da.from_array(function(image.compute(), kernel, mode, boundary, fillvalue))
+    pads = _extension(image.shape, kernel.shape, mode, function is convolve2d)
     if function is convolve2d:
-        kernel, centre = kernel[::-1, ::-1], ((M2 - 1) // 2, (N2 - 1) // 2)
-    else:
-        centre = (M2 // 2, N2 // 2)
-    offsets = {"full": (0, 0), "same": centre, "valid": (M2 - 1, N2 - 1)}[mode]
-    out_shape = {"full": (M1 + M2 - 1, N1 + N2 - 1), "same": (M1, N1), "valid": (M1 - M2 + 1, N1 - N2 + 1)}[mode]
-    pads = tuple((k - 1 - off, off + out - size)
-                 for k, off, out, size in zip((M2, N2), offsets, out_shape, (M1, N1)))
-    result_dtype = np.result_type(image.dtype, kernel.dtype)
-    work_dtype = np.dtype(result_dtype if result_dtype in (np.float32, np.float64) else
-                          np.float32 if result_dtype == np.float16 else np.float64)
+        kernel = kernel[::-1, ::-1]
+    result_dtype, work_dtype = _dtypes(image.dtype, kernel.dtype)
+    out_shape = tuple(i + before + after - k + 1 for i, (before, after), k in zip(image.shape, pads, kernel.shape))
     extended = image.astype(work_dtype)
     if _BOUNDARIES[boundary] == "constant":
         extended = da.pad(extended, pads, mode="constant", constant_values=_fill(fillvalue, result_dtype, work_dtype))
