@@ -32,11 +32,14 @@ def load(limit):
     return prep(x), y.astype(np.int64), prep(xt), yt.astype(np.int64)
 
 
-def run_gpuconv(x, y, xt, yt, batch, order):
+def run_gpuconv(x, y, xt, yt, batch, order, data_format="channels_first"):
+    """The example's model in ``data_format``; x, xt are NCHW and transposed once here for channels_last."""
     import gpuconv
     from train_mnist import build_model
+    if data_format == "channels_last":
+        x, xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.ascontiguousarray(xt.transpose(0, 2, 3, 1))
     gpuconv.set_seed(0)
-    model = build_model()
+    model = build_model(data_format)
     model.compile(gpuconv.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", ["accuracy"])
     batches = [np.sort(order[i:i + batch]) for i in range(0, len(x), batch)]
     with gpuconv.backend.session():
@@ -93,27 +96,43 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--limit", type=int, default=None, help="time this many training images, not 60k")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--data-format", choices=["channels_first", "channels_last", "both"], default="channels_first",
+                        help="gpuconv's image layout (both: time each; PyTorch is always NCHW)")
+    parser.add_argument("--no-torch", action="store_true", help="time gpuconv only")
+    parser.add_argument("--repeats", type=int, default=1, help="run every framework this many times, alternating "
+                                                                 "(reversed order on odd rounds); report medians")
     args = parser.parse_args(argv)
     x, y, xt, yt = load(args.limit)
     order = np.random.default_rng(0).permutation(len(x))
     timed_images = len(x) - WARMUP_BATCHES * args.batch_size
-    runners = [("gpuconv", run_gpuconv)]
+    formats = ["channels_first", "channels_last"] if args.data_format == "both" else [args.data_format]
+    runners = [("gpuconv" if f == "channels_first" else f"gpuconv {f}",
+                lambda *a, f=f: run_gpuconv(*a, data_format=f)) for f in formats]
     try:
+        if args.no_torch:
+            raise ImportError
         import torch
         torch.set_num_threads(os.cpu_count())
         runners.append((f"pytorch {torch.__version__}", run_torch))
     except ImportError:
         print("PyTorch not importable: timing gpuconv only")
+    runs = {name: [] for name, _ in runners}
+    for round_ in range(args.repeats):
+        for name, runner in (runners if round_ % 2 == 0 else runners[::-1]):
+            runs[name].append(runner(x, y, xt, yt, args.batch_size, order))
     results = {}
-    for name, runner in runners:
-        seconds, inference, accuracy = runner(x, y, xt, yt, args.batch_size, order)
+    for name, _ in runners:
+        seconds, inference, accuracy = (float(np.median(v)) for v in zip(*runs[name]))
         per_image = seconds / timed_images
         results[name] = dict(epoch_seconds_60k=per_image * 60000, train_images_per_second=1 / per_image,
-                             inference_images_per_second=inference, test_accuracy_after_epoch=accuracy)
+                             inference_images_per_second=inference, test_accuracy_after_epoch=accuracy,
+                             epoch_seconds_60k_runs=[s / timed_images * 60000 for s, _, _ in runs[name]])
         print(f"{name:<22} {per_image * 60000:7.1f} s/epoch (60k)  {1 / per_image:7.0f} train img/s  "
-              f"{inference:7.0f} infer img/s  test acc {100 * accuracy:.2f}%")
-    if len(results) == 2:
-        ours, theirs = results["gpuconv"], next(v for k, v in results.items() if k != "gpuconv")
+              f"{inference:7.0f} infer img/s  test acc {100 * accuracy:.2f}%"
+              + (f"  (median of {args.repeats})" if args.repeats > 1 else ""))
+    theirs = next((v for k, v in results.items() if k.startswith("pytorch")), None)
+    if "gpuconv" in results and theirs is not None:
+        ours = results["gpuconv"]
         ratio = ours["epoch_seconds_60k"] / theirs["epoch_seconds_60k"]
         results["epoch_time_ratio_gpuconv_over_pytorch"] = ratio
         print(f"epoch time ratio gpuconv / PyTorch: {ratio:.2f}x (bar: <= 1.5x)")

@@ -25,20 +25,23 @@ from gpuconv.datasets import mnist
 from gpuconv.layers import Conv2D, Dense, Flatten, MaxPool2D
 
 
-def build_model():
+def build_model(data_format="channels_first"):
+    shape = (1, 28, 28) if data_format == "channels_first" else (28, 28, 1)
     return gpuconv.Sequential([
-        Conv2D(32, 3, padding="same", activation="relu"),
-        MaxPool2D(2),
-        Conv2D(64, 3, padding="same", activation="relu"),
-        MaxPool2D(2),
+        Conv2D(32, 3, padding="same", activation="relu", data_format=data_format, input_shape=shape),
+        MaxPool2D(2, data_format=data_format),
+        Conv2D(64, 3, padding="same", activation="relu", data_format=data_format),
+        MaxPool2D(2, data_format=data_format),
         Flatten(),
         Dense(128, activation="relu"),
         Dense(10, activation="softmax"),
-    ], input_shape=(1, 28, 28), name="mnist_cnn")
+    ], name="mnist_cnn")
 
 
-def prepare(images):
-    return (images[:, None].astype(np.float32) / 255.0)  # (N, 1, 28, 28), NCHW
+def prepare(images, data_format="channels_first"):
+    """uint8 (N, 28, 28) -> float32 in [0, 1], (N, 1, 28, 28) NCHW or (N, 28, 28, 1) NHWC."""
+    axis = 1 if data_format == "channels_first" else 3
+    return np.expand_dims(images.astype(np.float32) / 255.0, axis)
 
 
 def main(argv=None):
@@ -51,6 +54,9 @@ def main(argv=None):
     parser.add_argument("--lr-decay", type=float, default=0.5, help="multiply the learning rate by this after "
                                                                      "each epoch (1: constant)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-format", choices=["channels_first", "channels_last"], default=None,
+                        help="image layout (default: gpuconv.config.image_data_format(), i.e. "
+                             "GPUCONV_IMAGE_DATA_FORMAT or channels_first)")
     parser.add_argument("--out", default=os.path.join("out", "mnist"), help="output directory")
     parser.add_argument("--data", default=None, help="directory with the four MNIST IDX files (else the cache/"
                                                      "download chain of gpuconv.datasets.mnist)")
@@ -63,9 +69,10 @@ def main(argv=None):
     (x_train, y_train), (x_test, y_test) = mnist.load_data(args.data)
     if args.limit:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    x_train, x_test = prepare(x_train), prepare(x_test)
+    data_format = args.data_format or gpuconv.config.image_data_format()
+    x_train, x_test = prepare(x_train, data_format), prepare(x_test, data_format)
 
-    model = build_model()
+    model = build_model(data_format)
     model.summary()
     model.compile(optimizer=gpuconv.optimizers.Adam(args.learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
@@ -94,12 +101,14 @@ def main(argv=None):
     with open(os.path.join(args.out, "metrics.json.tmp"), "w") as f:
         json.dump(metrics, f, indent=1)
     os.replace(os.path.join(args.out, "metrics.json.tmp"), os.path.join(args.out, "metrics.json"))
-    save_plots(model, history, x_test, y_test, test_accuracy, args.out)
+    save_plots(model, history, x_test if data_format == "channels_first" else x_test.transpose(0, 3, 1, 2),
+               y_test, test_accuracy, args.out, data_format)
     print(f"wrote {args.out}/weights.npz, metrics.json, curves.png, filters.png")
     return metrics
 
 
-def save_plots(model, history, x_test, y_test, test_accuracy, out):
+def save_plots(model, history, x_test, y_test, test_accuracy, out, data_format="channels_first"):
+    """Curves and filters; ``x_test`` is NCHW, ``data_format`` the model's layout (for its predictions)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -127,7 +136,8 @@ def save_plots(model, history, x_test, y_test, test_accuracy, out):
 
     kernels = np.asarray(model.layers[0].weights["kernel"].numpy())[:, 0]  # (32, 3, 3)
     digits = x_test[:8]
-    predicted = np.asarray(model.predict(digits)).argmax(axis=1)
+    predicted = np.asarray(model.predict(digits if data_format == "channels_first"
+                                         else digits.transpose(0, 2, 3, 1))).argmax(axis=1)
     fig, axes = plt.subplots(5, 8, figsize=(10, 6.6))
     for i, ax in enumerate(axes[:4].flat):
         ax.imshow(kernels[i], cmap="RdBu_r", vmin=-abs(kernels).max(), vmax=abs(kernels).max())

@@ -12,20 +12,25 @@ The layers, from kernels up: ``gpuconv.kernels`` (one package per backend),
 
 Backends: 'auto' (default), 'cpu', 'numba', 'cupy'. Choose with ``gpuconv.set_backend(name)``,
 ``with gpuconv.use_backend(name):`` or the environment variable GPUCONV_BACKEND.
+
+Messages (the backend chosen, data downloads, cache problems) go to ``logging.getLogger("gpuconv")``.
 """
 import sys
 
-from gpuconv import datasets, functional, nn, signal
+from gpuconv import config, datasets, functional, nn, signal
+from gpuconv._version import __version__
 from gpuconv.backend import BACKENDS, get_backend, set_backend, use_backend
 from gpuconv.nn import Sequential, callbacks, layers, losses, optimizers
+from gpuconv.nn.saving import load_model
 from gpuconv.rng import set_seed
 from gpuconv.tensor import Function, Tensor, from_dlpack, no_grad
+from gpuconv import interop, keras, models  # noqa: E402  (they import the modules above)
 
 # The Keras-style modules keep their short names: ``from gpuconv.layers import Conv2D`` imports gpuconv.nn.layers.
 for _module in (callbacks, layers, losses, optimizers):
     sys.modules[f"gpuconv.{_module.__name__.rsplit('.', 1)[1]}"] = _module
 del _module
 
-__version__ = "0.1.0"
-__all__ = ["Tensor", "Function", "from_dlpack", "no_grad", "Sequential", "set_seed", "callbacks", "functional", "layers", "losses",
-           "optimizers", "datasets", "signal", "nn", "set_backend", "use_backend", "get_backend", "BACKENDS"]
+__all__ = ["Tensor", "Function", "from_dlpack", "no_grad", "Sequential", "load_model", "set_seed", "callbacks",
+           "config", "functional", "interop", "keras", "layers", "losses", "models", "optimizers", "datasets", "signal",
+           "nn", "set_backend", "use_backend", "get_backend", "BACKENDS", "__version__"]

@@ -17,11 +17,13 @@ Public API: ``set_backend``, ``use_backend``, ``get_backend``, ``kernels``,
 import contextlib
 import contextvars
 import importlib
+import logging
 import os
-import sys
 
 from gpuconv.kernels import api
 from gpuconv.kernels.api import KERNELS  # noqa: F401  (the kernel names, for callers)
+
+logger = logging.getLogger("gpuconv")
 
 # Implemented backends: name -> the module that fulfils the kernel contract.
 _MODULES = {"cpu": "gpuconv.kernels.cpu.backend", "numba": "gpuconv.kernels.numba_cuda.backend",
@@ -35,7 +37,7 @@ EMULATOR_ENV = "GPUCONV_CUDA_EMULATOR"
 _process_choice = None
 _block_choice = contextvars.ContextVar("gpuconv_backend", default=None)
 _auto_choice = None
-_loaded = {}
+_loaded: dict = {}
 
 
 def _checked(name, source="backend"):
@@ -163,7 +165,7 @@ def _resolve_auto():
                 break
             else:
                 why = "a CUDA GPU is present but no GPU backend loads: " + "; ".join(failures)
-        print(f"gpuconv: backend 'auto' chose {_auto_choice!r} ({why})", file=sys.stderr)
+        logger.info("backend 'auto' chose %r (%s)", _auto_choice, why)
     return _auto_choice
 
 

@@ -4,11 +4,14 @@ Arguments are checked and normalized here, once for every backend; the op
 classes then call the active backend's kernels (``gpuconv.backend.kernels()``)
 and keep that backend for their backward pass.
 """
+from __future__ import annotations
+
 from gpuconv import backend
+from gpuconv._types import ArrayLike, Pair, Padding, Shape
 from gpuconv.backend import array_module
 from gpuconv.geometry import (as_pair, check_extent_fits, check_float_array, check_output_size, output_hw,
                               resolve_padding)
-from gpuconv.tensor import Function, as_tensor
+from gpuconv.tensor import Function, Tensor, as_tensor
 
 
 class Conv2d(Function):
@@ -62,7 +65,8 @@ class ReLU(Function):
         return (ctx.kernels.relu_backward(dy, y),)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, activation=None):
+def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: Pair = 1, padding: Padding = 0,
+           dilation: Pair = 1, activation: str | None = None) -> Tensor:
     """2-D cross-correlation (deep-learning convolution) of NCHW ``x`` with KCRS ``weight``.
 
     x: (N, C, H, W); weight: (K, C, R, S); bias: (K,) or None  ->  (N, K, OH, OW), with
@@ -117,7 +121,7 @@ def _cause(padding, default):
     return f"padding {padding!r}" if not isinstance(padding, str) and padding != 0 else default
 
 
-def max_pool2d(x, pool_size=2, strides=None, padding="valid"):
+def max_pool2d(x: ArrayLike, pool_size: Pair = 2, strides: Pair | None = None, padding: str = "valid") -> Tensor:
     """Max pooling of NCHW ``x`` -> (N, C, OH, OW), with Keras's arguments.
 
     ``strides`` defaults to ``pool_size``; windows may overlap (stride < pool).
@@ -128,7 +132,7 @@ def max_pool2d(x, pool_size=2, strides=None, padding="valid"):
     return _pool2d(x, "max", pool_size, strides, padding)
 
 
-def avg_pool2d(x, pool_size=2, strides=None, padding="valid"):
+def avg_pool2d(x: ArrayLike, pool_size: Pair = 2, strides: Pair | None = None, padding: str = "valid") -> Tensor:
     """Average pooling of NCHW ``x`` -> (N, C, OH, OW); arguments as ``max_pool2d``.
 
     With 'same' each output averages only the real (unpadded) elements, as Keras does.
@@ -154,7 +158,7 @@ def _pool_geometry(x_shape, pool_size, strides, padding):
     return pool, stride, pads, tuple(x_shape[:2]) + output_hw((H, W), pads, pool, stride)
 
 
-def relu(x):
+def relu(x: ArrayLike) -> Tensor:
     """max(x, 0) elementwise, any shape; the gradient is 0 where x <= 0."""
     x = as_tensor(x, "x")
     backend.kernels().check_array(x.data, "x")
@@ -162,12 +166,14 @@ def relu(x):
     return ReLU.apply(x)
 
 
-def conv2d_output_shape(x_shape, weight_shape, stride=1, padding=0, dilation=1):
+def conv2d_output_shape(x_shape: Shape, weight_shape: Shape, stride: Pair = 1, padding: Padding = 0,
+                        dilation: Pair = 1) -> Shape:
     """Shape ``conv2d`` returns for these shapes and arguments, without computing it; the same errors."""
     return _conv_geometry(tuple(x_shape), tuple(weight_shape), stride, padding, dilation)[3]
 
 
-def pool2d_output_shape(x_shape, pool_size=2, strides=None, padding="valid"):
+def pool2d_output_shape(x_shape: Shape, pool_size: Pair = 2, strides: Pair | None = None,
+                        padding: str = "valid") -> Shape:
     """Shape ``max_pool2d``/``avg_pool2d`` return for ``x_shape`` (NCHW), without computing it; the same errors."""
     return _pool_geometry(tuple(x_shape), pool_size, strides, padding)[3]
 
@@ -191,7 +197,7 @@ class Softmax(Function):
         return (y * (dy - (dy * y).sum(axis=ctx.axis, keepdims=True)),)
 
 
-def softmax(x, axis=-1):
+def softmax(x: ArrayLike, axis: int = -1) -> Tensor:
     """exp(x) / sum(exp(x)) along ``axis``, computed from x - max(x) so it never overflows."""
     return Softmax.apply(as_tensor(x), axis=axis)
 
@@ -223,7 +229,7 @@ class BatchNorm(Function):
         return dx, dgamma, dbeta
 
 
-def batch_norm(x, gamma, beta, axis=1, epsilon=1e-3):
+def batch_norm(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, axis: int = 1, epsilon: float = 1e-3):
     """(x - batch mean) / sqrt(batch var + epsilon) * gamma + beta, statistics over all axes but ``axis``.
 
     Returns the Tensor and the batch (mean, var) per channel, for moving averages.
@@ -239,7 +245,7 @@ def batch_norm(x, gamma, beta, axis=1, epsilon=1e-3):
     return out, (mean.reshape(-1), var.reshape(-1))
 
 
-def dropout(x, rate, training, generator=None):
+def dropout(x: ArrayLike, rate: float, training: bool, generator=None) -> Tensor:
     """Zero each element with probability ``rate`` and scale the rest by 1/(1-rate); identity unless training."""
     if not 0 <= rate < 1:
         raise ValueError(f"rate must be in [0, 1), got {rate}")

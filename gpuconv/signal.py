@@ -19,10 +19,12 @@ A block uses no threads of its own (``gpuconv.backend.serial``): Dask's threads 
 workers are the parallelism, so the two never multiply.
 """
 import sys
+from typing import Any
 
 import numpy as np
 
 from gpuconv import backend
+from gpuconv._types import ArrayLike
 
 _MODES = ("full", "same", "valid")
 _BOUNDARIES = {"fill": "constant", "pad": "constant", "wrap": "wrap", "circular": "wrap",
@@ -53,7 +55,8 @@ FILTERS = {
 }
 
 
-def correlate2d(in1, in2, mode="full", boundary="fill", fillvalue=0):
+def correlate2d(in1: ArrayLike, in2: ArrayLike, mode: str = "full", boundary: str = "fill",
+                fillvalue: float = 0) -> Any:
     """Cross-correlation of 2-D arrays, as ``scipy.signal.correlate2d``.
 
     Runs on the active backend; the result lives where the inputs do (NumPy in, NumPy
@@ -69,7 +72,8 @@ def correlate2d(in1, in2, mode="full", boundary="fill", fillvalue=0):
     return _returned(out[::-1, ::-1] if swapped else out, on_host)
 
 
-def convolve2d(in1, in2, mode="full", boundary="fill", fillvalue=0):
+def convolve2d(in1: ArrayLike, in2: ArrayLike, mode: str = "full", boundary: str = "fill",
+               fillvalue: float = 0) -> Any:
     """Convolution of 2-D arrays (correlation with the flipped kernel), as ``scipy.signal.convolve2d``.
 
     Runs on the active backend; the result lives where the inputs do.

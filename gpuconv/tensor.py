@@ -18,13 +18,17 @@ refuses to run on a tensor changed since, as PyTorch does. Writing into the raw
 array (``t.data[...] = v``, or into the NumPy array a Tensor wraps) bypasses the
 version, as PyTorch's ``.data`` does.
 """
+from __future__ import annotations
+
 import contextlib
 import contextvars
 import inspect
 import weakref
+from typing import Any
 
 import numpy as np
 
+from gpuconv._types import ArrayLike
 from gpuconv.backend import array_module, to_host
 
 # Per thread (and async task): a new thread starts with recording on, whatever other threads do.
@@ -41,7 +45,7 @@ def no_grad():
         _grad_enabled.reset(token)
 
 
-def is_grad_enabled():
+def is_grad_enabled() -> bool:
     """Whether ops in this thread record a graph now."""
     return _grad_enabled.get()
 
@@ -117,7 +121,7 @@ class Tensor:
 
     __array_priority__ = 1000  # make ndarray <op> Tensor defer to Tensor
 
-    def __init__(self, data, requires_grad=False):
+    def __init__(self, data: ArrayLike, requires_grad: bool = False) -> None:
         if isinstance(data, Tensor):
             data = data.data
         elif isinstance(data, np.generic):  # NumPy scalars (e.g. from a full sum) keep their dtype
@@ -187,7 +191,7 @@ class Tensor:
     ndim = property(lambda self: self.data.ndim)
     size = property(lambda self: int(self.data.size))
 
-    def numpy(self):
+    def numpy(self) -> np.ndarray:
         """The data as a host NumPy array."""
         return to_host(self.data)
 
@@ -199,7 +203,7 @@ class Tensor:
         return f"Tensor(shape={self.shape}, dtype={self.dtype}{grad})"
 
     # ----------------------------------------------------------------- autograd
-    def backward(self, grad=None):
+    def backward(self, grad: ArrayLike | None = None) -> None:
         """Accumulate d(self)/d(leaf) * grad into every leaf's ``.grad``.
 
         ``grad`` defaults to 1 for a single-element tensor.
@@ -267,13 +271,13 @@ class Tensor:
     def __matmul__(self, other): return MatMul.apply(self, self._lift(other))
     def __rmatmul__(self, other): return MatMul.apply(self._lift(other), self)
 
-    def reshape(self, *shape):
-        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return Reshape.apply(self, shape=tuple(shape))
+    def reshape(self, *shape) -> Tensor:
+        dims = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return Reshape.apply(self, shape=tuple(dims))
 
-    def transpose(self, *axes):
+    def transpose(self, *axes: Any) -> Tensor:
         """Permute the axes (reversed when none are given); negative axes count from the end."""
-        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        axes = tuple(axes[0]) if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
         if not axes:
             axes = tuple(range(self.ndim))[::-1]
         if not (len(axes) == self.ndim and all(isinstance(a, (int, np.integer)) and not isinstance(a, bool)
@@ -290,10 +294,10 @@ class Tensor:
     def T(self):
         return self.transpose()
 
-    def sum(self, axis=None, keepdims=False):
+    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
         return Sum.apply(self, axis=axis, keepdims=keepdims)
 
-    def mean(self, axis=None, keepdims=False):
+    def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
         axes = range(self.ndim) if axis is None else (axis,) if isinstance(axis, int) else axis
         count = int(np.prod([self.shape[a] for a in axes]))
         return self.sum(axis=axis, keepdims=keepdims) * (1.0 / count)
@@ -316,12 +320,12 @@ def _from_dlpack(obj):
     raise TypeError(f"arrays on DLPack device type {device} are not supported (only CPU and CUDA)")
 
 
-def from_dlpack(obj, requires_grad=False):
+def from_dlpack(obj: Any, requires_grad: bool = False) -> Tensor:
     """A Tensor sharing the memory of any DLPack exporter (PyTorch, JAX, NumPy, CuPy), dtype kept, no copy."""
     return Tensor(_from_dlpack(obj), requires_grad=requires_grad)
 
 
-def as_tensor(value, name="input"):
+def as_tensor(value: ArrayLike, name: str = "input") -> Tensor:
     """A Tensor as is; an array or number wrapped (no copy of arrays). ``name`` is for the error message."""
     if isinstance(value, Tensor):
         return value

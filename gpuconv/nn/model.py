@@ -1,76 +1,114 @@
 """``Sequential``: a Keras-like model over gpuconv layers.
 
-    model = gpuconv.Sequential([Conv2D(32, 3, padding="same", activation="relu"), MaxPool2D(), Flatten(),
-                                Dense(10, activation="softmax")], input_shape=(1, 28, 28))
+    model = gpuconv.Sequential([Conv2D(32, 3, padding="same", activation="relu", input_shape=(1, 28, 28)),
+                                MaxPool2D(), Flatten(), Dense(10, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    history = model.fit(x, y, epochs=3, batch_size=128, validation_data=(x_val, y_val))
+    history = model.fit(x, y, batch_size=128, epochs=3, validation_split=0.1)
     loss, accuracy = model.evaluate(x_test, y_test)
+    model.save("mnist.gpuconv")                 # gpuconv.load_model("mnist.gpuconv") resumes exactly
 
 When the last layer ends in softmax and the loss takes probabilities, training runs the fused,
 log-sum-exp softmax cross-entropy on the logits instead (same value, no NaN at extreme logits);
 ``predict`` still returns probabilities.
 """
+from __future__ import annotations
+
+import json
+import math
+import os
 import re
 import time
+import warnings
 import zipfile
+from typing import Any, Callable, Iterable, Sequence, cast
 
 import numpy as np
 
 from gpuconv import backend, rng
+from gpuconv._types import ArrayLike, Shape
 from gpuconv.fileio import atomic_write
 from gpuconv.nn import losses, optimizers
-from gpuconv.nn.layers import Layer, _Spatial
+from gpuconv.nn.callbacks import Callback, CallbackList, History
+from gpuconv.nn.layers import LAYERS, InputLayer, Layer, _Spatial
 from gpuconv.tensor import Tensor, no_grad
 
-METRICS = ("accuracy", "acc")
+METRICS = ("accuracy", "acc", "sparse_categorical_accuracy", "categorical_accuracy")
 
 
-class History:
-    """What ``fit`` returns: ``history`` maps 'loss', 'accuracy', 'val_loss', ... to per-epoch lists.
+def _positive_int(value, name, low=1):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
 
-    ``batches`` holds (fractional epoch, loss, *metrics) per training batch, for smooth curves.
-    """
 
-    def __init__(self):
-        self.history, self.epoch, self.epoch_seconds, self.batches = {}, [], [], []
-
-    def record(self, epoch, seconds, values):
-        self.epoch.append(epoch)
-        self.epoch_seconds.append(seconds)
-        for key, value in values.items():
-            self.history.setdefault(key, []).append(value)
+def _verbosity(verbose, auto):
+    if verbose == "auto":
+        return auto
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
+    return int(verbose)
 
 
 class Sequential:
-    def __init__(self, layers=(), input_shape=None, name="sequential"):
+    """A stack of layers, each feeding the next. ``input_shape`` (batch axis excluded) may also come from the
+    first layer's ``input_shape=``, a leading ``Input(shape=...)``, or the first data the model sees."""
+
+    def __init__(self, layers: Iterable[Layer] = (), input_shape: Shape | None = None, name: str = "sequential") -> None:
         self.name = name
-        self.layers = []
+        self.layers: list[Layer] = []
         self.input_shape = None if input_shape is None else tuple(input_shape)
         self.training = False
-        self.optimizer = self.loss = None
-        self.metrics = []
+        self.stop_training = False
+        self.optimizer: optimizers.Optimizer | None = None
+        self.loss: Any = None
+        self.metrics: list[str] = []
+        self.history: History | None = None
+        self.shuffle_seed: int | None = None  # drawn at the first shuffled fit; saved with the model (exact resumption)
         for layer in layers:
             self.add(layer)
 
-    def add(self, layer):
+    def add(self, layer: Layer) -> None:
         if not isinstance(layer, Layer):
             raise TypeError(f"layer must be a gpuconv.layers.Layer, got {type(layer).__name__}")
-        base = re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", type(layer).__name__).lower()
+        if isinstance(layer, InputLayer):
+            if self.layers:
+                raise ValueError("an Input/InputLayer may only come first in a Sequential model")
+            self.input_shape = layer.input_shape
+            return
+        if not self.layers and self.input_shape is None and layer.input_shape is not None:
+            self.input_shape = layer.input_shape  # Keras: the first layer's input_shape builds the model
         taken = {l.name for l in self.layers}
-        layer.name = next(n for n in (base if i == 0 else f"{base}_{i}" for i in range(len(taken) + 1))
-                          if n not in taken)
+        if layer.given_name:
+            if layer.name in taken:
+                raise ValueError(f"the model already has a layer named {layer.name!r}; layer names must be unique")
+        else:
+            base = re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", type(layer).__name__).lower()
+            layer.name = next(n for n in (base if i == 0 else f"{base}_{i}" for i in range(len(taken) + 1))
+                              if n not in taken)
         self.layers.append(layer)
+        if self.input_shape is not None:  # Keras builds as soon as the input shape is known
+            try:
+                self.build()
+            except ValueError:
+                self.layers.pop()
+                raise
 
     # ------------------------------------------------------------------ structure
-    def build(self, input_shape=None):
-        """Create every layer's weights from the input shape (batch axis excluded); returns output shapes."""
+    def build(self, input_shape: Shape | None = None) -> list[Shape]:
+        """Create every layer's weights from the input shape (batch axis excluded); returns output shapes.
+
+        Each layer checks what it receives; an error names the layer and, when the shape looks like the
+        other image layout (e.g. (28, 28, 1) given to channels_first layers), says which data_format to use.
+        """
         shape = tuple(input_shape or self.input_shape or ())
         if not shape:
             raise ValueError("the model needs input_shape (without the batch axis), e.g. Sequential(..., "
-                             "input_shape=(1, 28, 28)), or a first call on data")
+                             "input_shape=(1, 28, 28)) or Conv2D(..., input_shape=(28, 28, 1)), or a first call on data")
         self.input_shape = shape
-        shapes = []
+        shapes, hint = [], None
         for layer in self.layers:
+            if hint is None and isinstance(layer, _Spatial):
+                hint = layer.layout_hint(shape)  # judged on the images the first spatial layer receives
             try:  # the layer's own check, e.g. a kernel larger than its input, named with the layer
                 out = tuple(layer.output_shape(shape))
                 if not layer.built:
@@ -80,14 +118,21 @@ class Sequential:
                     layer.build(native)
             except ValueError as error:
                 raise ValueError(f"layer {layer.name} ({type(layer).__name__}) cannot take input of shape "
-                                 f"{(None,) + shape}: {error}") from None
+                                 f"{(None,) + shape}: {error}.{hint or ''}") from None
             shape = out
             shapes.append(shape)
+        self._layout_hint = hint  # said once, by summary/fit/evaluate, when the whole model builds
         return shapes
 
-    def summary(self, print_fn=print):
+    def _advise_layout(self):
+        if getattr(self, "_layout_hint", None) and not getattr(self, "_layout_advised", False):
+            self._layout_advised = True
+            warnings.warn(f"model {self.name}:{self._layout_hint}", stacklevel=3)
+
+    def summary(self, print_fn: Callable[[str], Any] = print) -> int:
         """Each layer's output shape and parameter count, then the totals (Keras's layout)."""
         shapes = self.build()
+        self._advise_layout()
         rows = [(f"{layer.name} ({type(layer).__name__})", str((None,) + shape), sum(layer.count_params()))
                 for layer, shape in zip(self.layers, shapes)]
         trainable = sum(layer.count_params()[0] for layer in self.layers)
@@ -101,8 +146,33 @@ class Sequential:
         print_fn("\n".join(out))
         return trainable + frozen
 
-    def parameters(self):
+    def count_params(self) -> int:
+        self.build()
+        return sum(sum(layer.count_params()) for layer in self.layers)
+
+    def parameters(self) -> list[Tensor]:
         return [w for layer in self.layers for w in layer.weights.values()]
+
+    def get_config(self) -> dict:
+        """The architecture as JSON values: name, input shape and each layer's class and arguments."""
+        return {"name": self.name, "input_shape": None if self.input_shape is None else list(self.input_shape),
+                "layers": [{"class_name": _class_name(layer), "config": layer.get_config()} for layer in self.layers]}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Sequential:
+        """The model ``get_config`` describes, unbuilt (no weights drawn)."""
+        try:
+            layers = []
+            for entry in config["layers"]:
+                if entry["class_name"] not in LAYERS:
+                    raise ValueError(f"unknown layer class {entry['class_name']!r}")
+                layers.append(LAYERS[entry["class_name"]].from_config(entry["config"]))
+            return cls(layers, input_shape=config["input_shape"], name=config["name"])
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"not a gpuconv model configuration: {error!r}") from None
+
+    def to_json(self) -> str:
+        return json.dumps({"class_name": "Sequential", "config": self.get_config()})
 
     def train(self, mode=True):
         """Switch training mode (dropout active, batch statistics); ``fit`` does this itself."""
@@ -113,132 +183,234 @@ class Sequential:
         return self.train(False)
 
     # ------------------------------------------------------------------ running
-    def __call__(self, x, training=None, logits=False):
-        """Forward pass; ``logits=True`` skips the last layer's activation."""
+    def __call__(self, x: Any, training: bool | None = None, logits: bool = False) -> Tensor:
+        """Forward pass; ``logits=True`` skips the last layer's activation.
+
+        Channels-last images are transposed to NCHW once, before the first layer that can run on NCHW in
+        their place (spatial layers, ReLU, Dropout, channel BatchNormalization), and back to NHWC once,
+        before the first layer that cannot (Flatten, Dense): not twice per layer.
+        """
         training = self.training if training is None else training
         if self.input_shape is None:
             self.input_shape = tuple(x.shape[1:])
         if not all(layer.built for layer in self.layers):
             self.build()
+        nchw = False  # whether x holds the NCHW form of NHWC data
         for i, layer in enumerate(self.layers):
-            x = layer(x, training=training, activate=not (logits and i == len(self.layers) - 1))
-        return x
+            activate = not (logits and i == len(self.layers) - 1)
+            if layer.runs_on_nchw(x.ndim) and (nchw or isinstance(layer, _Spatial)):
+                if not nchw:
+                    x, nchw = x.transpose(0, 3, 1, 2), True
+                x = layer.call_nchw(x, training=training, activate=activate)
+            else:
+                if nchw:
+                    x, nchw = x.transpose(0, 2, 3, 1), False
+                x = layer(x, training=training, activate=activate)
+        return x.transpose(0, 2, 3, 1) if nchw else x
 
-    def compile(self, optimizer="adam", loss="sparse_categorical_crossentropy", metrics=None):
+    def compile(self, optimizer: str | optimizers.Optimizer = "adam", loss: Any = "sparse_categorical_crossentropy",
+                metrics: Sequence[str] | None = None) -> None:
         self.optimizer = optimizers.get(optimizer)
         self.loss = losses.get(loss)
         self.metrics = list(metrics or [])
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:
-            raise ValueError(f"metrics may only contain 'accuracy', got {unknown}")
+            raise ValueError(f"metrics may only contain {', '.join(map(repr, METRICS))}, got {unknown}")
         # train on logits with the fused loss when the model ends in softmax and the loss takes probabilities
         last = self.layers[-1].activation if self.layers else None
-        self._fused_softmax = (isinstance(self.loss, losses.SparseCategoricalCrossentropy)
-                               and not self.loss.from_logits and last == "softmax")
+        from_logits = getattr(self.loss, "from_logits", None)
+        categorical = isinstance(self.loss, (losses.SparseCategoricalCrossentropy, losses.CategoricalCrossentropy))
+        self._fused_softmax = categorical and from_logits is False and last == "softmax"
+        if not categorical:
+            pass  # binary cross-entropy takes sigmoid or softmax outputs: nothing to advise
+        elif self.layers and from_logits is False and last != "softmax":
+            warnings.warn(f"the loss {self.loss.name} expects probabilities (from_logits=False) but the last layer "
+                          f"{self.layers[-1].name} has no softmax: add activation='softmax' to it, or pass "
+                          f"{type(self.loss).__name__}(from_logits=True) as the loss", stacklevel=2)
+        elif self.layers and from_logits is True and last == "softmax":
+            warnings.warn(f"the loss expects logits (from_logits=True) but the last layer {self.layers[-1].name} "
+                          f"applies softmax: remove activation='softmax', or use from_logits=False", stacklevel=2)
 
-    def _loss_and_outputs(self, x, y, training):
+    def _loss_and_outputs(self, x, y, training, weights=None):
+        weighted = {} if weights is None else {"sample_weight": weights}
         if self._fused_softmax:
             out = self(x, training=training, logits=True)
-            return self.loss(y, out, from_logits=True), out
+            return self.loss(y, out, from_logits=True, **weighted), out
         out = self(x, training=training)
-        return self.loss(y, out), out
+        return self.loss(y, out, **weighted), out
 
     def _metric_values(self, out, y):
         if not self.metrics:
             return []
+        if isinstance(self.loss, losses.BinaryCrossentropy):  # Keras: 'accuracy' is then binary accuracy
+            return [float(((out.data > 0.5) == (y > 0.5)).mean())] * len(self.metrics)
         predicted = out.data.argmax(axis=-1)
         labels = y.argmax(axis=-1) if y.ndim == 2 else y
-        return [float((predicted == labels).mean())]
+        return [float((predicted == labels).mean())] * len(self.metrics)
 
-    def train_on_batch(self, x, y):
-        """One optimizer step on a batch; returns [loss, *metrics]."""
+    def _names(self):
+        return ["loss"] + list(self.metrics)
+
+    def train_on_batch(self, x: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+                       class_weight: dict[int, float] | None = None, return_dict: bool = False) -> Any:
+        """One optimizer step on a batch; returns the loss (a float without metrics, else [loss, *metrics])."""
         self._require_compiled()
+        values = self._train_step(self._as_input(x), y, self._sample_weights(y, sample_weight, class_weight, len(y)))
+        return self._result(values, return_dict)
+
+    def _train_step(self, x, y, weights):
         y = self._as_target(y)
-        loss, out = self._loss_and_outputs(self._as_input(x), y, training=True)
+        loss, out = self._loss_and_outputs(x, y, training=True,
+                                           weights=None if weights is None else backend.to_device(weights))
         loss.backward()
         self.optimizer.step(self.parameters())
         return [float(loss.data)] + self._metric_values(out, y)
 
-    def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True, verbose=1, callbacks=(),
-            initial_epoch=0):
+    def _result(self, values, return_dict):
+        if return_dict:
+            return dict(zip(self._names(), values))
+        return values[0] if len(values) == 1 else list(values)
+
+    def fit(self, x: ArrayLike = None, y: ArrayLike = None, batch_size: int | None = None, epochs: int = 1,
+            verbose: int | str = "auto", callbacks: Sequence[Callback] | None = None, validation_split: float = 0.0,
+            validation_data: tuple | None = None, shuffle: bool = True, class_weight: dict[int, float] | None = None,
+            sample_weight: ArrayLike | None = None, initial_epoch: int = 0,
+            validation_batch_size: int | None = None) -> History:
         """Train epochs ``initial_epoch .. epochs-1`` over (x, y) in mini-batches; returns a ``History``.
 
-        ``verbose``: 1 shows a progress bar (tqdm) with the running loss and accuracy plus a line per
-        epoch, 2 only the line per epoch, 0 nothing. ``callbacks``: ``gpuconv.callbacks.Callback``
-        objects (e.g. ``LearningRateScheduler``).
+        Keras's arguments and semantics: ``batch_size`` defaults to 32; ``validation_split`` holds out the
+        last fraction of the samples (before shuffling); ``validation_data`` is (x, y) or (x, y, weights);
+        ``class_weight`` ({class: weight}) and ``sample_weight`` ((samples,)) weigh each sample's loss;
+        ``shuffle`` reorders the samples each epoch (a permutation drawn from the model's seed and the
+        epoch, so a resumed run repeats it). ``verbose``: 1 (``'auto'``) a tqdm progress bar plus a line per
+        epoch, 2 the line only, 0 nothing. ``callbacks``: ``gpuconv.callbacks`` objects.
         """
         self._require_compiled()
-        for name, value, low in (("batch_size", batch_size, 1), ("epochs", epochs, 0), ("initial_epoch", initial_epoch, 0)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        batch_size = _positive_int(32 if batch_size is None else batch_size, "batch_size")
+        epochs, initial_epoch = _positive_int(epochs, "epochs", 0), _positive_int(initial_epoch, "initial_epoch", 0)
+        verbose = _verbosity(verbose, 1)
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise ValueError(f"shuffle must be True or False, got {shuffle!r}")
         # every check before the first step, so bad data never leaves the weights half-trained
         x, y = self._checked_data(x, y, "x", "y")
+        weights = self._sample_weights(y, sample_weight, class_weight, len(x))
         if validation_data is not None:
-            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-                raise ValueError("validation_data must be a pair (x_val, y_val)")
-            validation_data = self._checked_data(*validation_data, "validation_data x", "validation_data y")
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3)):
+                raise ValueError("validation_data must be (x_val, y_val) or (x_val, y_val, sample_weight_val)")
+            x_val, y_val = self._checked_data(validation_data[0], validation_data[1], "validation_data x",
+                                              "validation_data y")
+            validation = (x_val, y_val, self._sample_weights(y_val, (list(validation_data) + [None])[2], None,
+                                                             len(x_val), "validation_data sample_weight"))
+        elif validation_split:
+            if isinstance(validation_split, bool) or not isinstance(validation_split, (float, int)) \
+                    or not 0 <= validation_split < 1:
+                raise ValueError(f"validation_split must be a fraction in [0, 1), got {validation_split!r}")
+            split = int(math.floor(len(x) * (1.0 - validation_split)))  # Keras: the last samples, unshuffled
+            if split == 0 or split == len(x):
+                raise ValueError(f"validation_split={validation_split} of {len(x)} samples leaves "
+                                 f"{split} for training and {len(x) - split} for validation; both need at least one")
+            validation = (x[split:], y[split:], None if weights is None else weights[split:])
+            x, y, weights = x[:split], y[:split], None if weights is None else weights[:split]
+        else:
+            validation = None
+        validation_batch_size = validation_batch_size or max(batch_size, 256)
+        if shuffle and self.shuffle_seed is None:
+            self.shuffle_seed = int(rng.generator().integers(2 ** 63))
         history = History()
-        names = ["loss"] + ["accuracy" for _ in self.metrics]
-        for callback in callbacks:
-            callback.model = self
+        callback_list = CallbackList(list(callbacks or ()) + [history], self,
+                                     {"verbose": verbose, "epochs": epochs, "steps": -(-len(x) // batch_size)})
+        self.stop_training, self.history, logs = False, history, {}
+        callback_list.on_train_begin()
         with backend.session():
             for epoch in range(initial_epoch, epochs):
-                for callback in callbacks:
-                    callback.on_epoch_begin(epoch)
-                self._fit_epoch(x, y, epoch, epochs, batch_size, validation_data, shuffle, verbose, names, history)
-                for callback in callbacks:
-                    callback.on_epoch_end(epoch, {k: v[-1] for k, v in history.history.items()})
+                callback_list.on_epoch_begin(epoch)
+                logs = self._fit_epoch(x, y, weights, epoch, epochs, batch_size, shuffle, verbose, history,
+                                       callback_list)
+                if validation is not None:
+                    scores = cast(dict, self.evaluate(*validation[:2], batch_size=validation_batch_size, verbose=0,
+                                                      sample_weight=validation[2], callbacks=callback_list.callbacks,
+                                                      return_dict=True))
+                    logs.update({f"val_{key}": value for key, value in scores.items()})
+                if verbose:
+                    print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items())
+                          + f" ({history.epoch_seconds[-1]:.1f} s, {len(x) / history.epoch_seconds[-1]:.0f} "
+                          f"images/s)")
+                callback_list.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+        callback_list.on_train_end(logs)
         return history
 
-    def _fit_epoch(self, x, y, epoch, epochs, batch_size, validation_data, shuffle, verbose, names, history):
+    def _fit_epoch(self, x, y, weights, epoch, epochs, batch_size, shuffle, verbose, history, callback_list):
+        """One pass over the training data; returns the epoch's logs (means weighted by batch size)."""
         n = len(x)
-        order = rng.generator().permutation(n) if shuffle else np.arange(n)
+        order = np.random.default_rng([self.shuffle_seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        names = self._names()
         totals, seen, start = np.zeros(len(names)), 0, time.perf_counter()
         bar = _progress(range(0, n, batch_size), f"epoch {epoch + 1}/{epochs}", verbose == 1)
         self.train(True)
-        for b0 in bar:
-            index = np.sort(order[b0:b0 + batch_size]) if shuffle else order[b0:b0 + batch_size]
-            values = self.train_on_batch(x[index], y[index])
-            history.batches.append((epoch + b0 / n, *values))
-            totals += np.array(values) * len(index)
-            seen += len(index)
-            if verbose == 1:  # drawn at tqdm's pace, and once more after the last batch
-                bar.set_postfix({k: f"{v / seen:.4f}" for k, v in zip(names, totals)}, refresh=seen == n)
-        self.train(False)
-        seconds = time.perf_counter() - start
-        record = dict(zip(names, (totals / max(seen, 1)).tolist()))
-        if validation_data is not None:
-            scores = self.evaluate(*validation_data, batch_size=max(batch_size, 256), return_dict=True)
-            record.update({f"val_{key}": value for key, value in scores.items()})
-        history.record(epoch, seconds, record)
-        if verbose:
-            print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items())
-                  + f" ({seconds:.1f} s, {n / seconds:.0f} images/s)")
+        try:
+            for step, b0 in enumerate(bar):
+                callback_list.on_train_batch_begin(step)
+                index = np.sort(order[b0:b0 + batch_size]) if shuffle else order[b0:b0 + batch_size]
+                values = self._train_step(self._as_input(x[index]), y[index],
+                                          None if weights is None else weights[index])
+                history.batches.append((epoch + b0 / n, *values))
+                totals += np.array(values) * len(index)
+                seen += len(index)
+                running = dict(zip(names, (totals / seen).tolist()))
+                if verbose == 1:  # drawn at tqdm's pace, and once more after the last batch
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in running.items()}, refresh=seen == n)
+                callback_list.on_train_batch_end(step, running)
+                if self.stop_training:
+                    break
+        finally:
+            self.train(False)
+            if hasattr(bar, "close"):
+                bar.close()
+        history.epoch_seconds.append(time.perf_counter() - start)
+        return dict(zip(names, (totals / max(seen, 1)).tolist()))
 
-    def evaluate(self, x, y, batch_size=256, return_dict=False):
+    def evaluate(self, x: ArrayLike = None, y: ArrayLike = None, batch_size: int | None = None,
+                 verbose: int | str = "auto", sample_weight: ArrayLike | None = None,
+                 callbacks: Sequence[Callback] | None = None, return_dict: bool = False
+                 ) -> float | list[float] | dict[str, float]:
         """The loss over (x, y) in inference mode, as Keras returns it: a float without metrics, else
-        ``[loss, *metrics]``; ``return_dict=True`` gives ``{'loss': ..., 'accuracy': ...}``."""
+        ``[loss, *metrics]``; ``return_dict=True`` gives ``{'loss': ..., 'accuracy': ...}``.
+        ``batch_size`` (default 256) changes only the speed: results are means over all samples."""
         self._require_compiled()
+        batch_size = _positive_int(256 if batch_size is None else batch_size, "batch_size")
+        _verbosity(verbose, 0)
         x, y = self._checked_data(x, y, "x", "y")
-        totals, n = None, len(x)
+        weights = self._sample_weights(y, sample_weight, None, len(x))
+        callback_list = CallbackList(callbacks, self)
+        callback_list.on_test_begin()
+        totals, n = np.zeros(len(self._names())), len(x)
         with no_grad(), backend.session():
-            for b0 in range(0, n, batch_size):
+            for step, b0 in enumerate(range(0, n, batch_size)):
+                callback_list.on_test_batch_begin(step)
                 yb = self._as_target(y[b0:b0 + batch_size])
-                loss, out = self._loss_and_outputs(self._as_input(x[b0:b0 + batch_size]), yb, training=False)
-                values = np.array([float(loss.data)] + self._metric_values(out, yb)) * len(yb)
-                totals = values if totals is None else totals + values
+                wb = None if weights is None else backend.to_device(weights[b0:b0 + batch_size])
+                loss, out = self._loss_and_outputs(self._as_input(x[b0:b0 + batch_size]), yb, False, wb)
+                totals += np.array([float(loss.data)] + self._metric_values(out, yb)) * len(yb)
+                callback_list.on_test_batch_end(step)
         scores = (totals / n).tolist()
-        if return_dict:
-            return dict(zip(["loss"] + ["accuracy" for _ in self.metrics], scores))
-        return scores[0] if len(scores) == 1 else scores
+        callback_list.on_test_end(dict(zip(self._names(), scores)))
+        return self._result(scores, return_dict)
 
-    def predict(self, x, batch_size=256):
+    def predict(self, x: ArrayLike, batch_size: int | None = None, verbose: int | str = "auto",
+                callbacks: Sequence[Callback] | None = None) -> np.ndarray:
         """Outputs for x in inference mode, as a NumPy array on every backend (probabilities when the model
         ends in softmax)."""
+        batch_size = _positive_int(256 if batch_size is None else batch_size, "batch_size")
+        _verbosity(verbose, 0)
         x = x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)  # nested lists too
+        callback_list = CallbackList(callbacks, self)
+        callback_list.on_predict_begin()
         with no_grad(), backend.session():
             parts = [backend.to_host(self(self._as_input(x[b0:b0 + batch_size]), training=False).data)
                      for b0 in range(0, len(x), batch_size)]
+        callback_list.on_predict_end()
         return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
     def _as_input(self, x):
@@ -251,10 +423,37 @@ class Sequential:
     def _as_target(y):
         return backend.to_device(y)
 
+    def _sample_weights(self, y, sample_weight, class_weight, n, name="sample_weight"):
+        """Per-sample loss weights (float64 NumPy, (n,)) from ``sample_weight`` times ``class_weight`` of each
+        sample's class; None when neither is given."""
+        if sample_weight is None and class_weight is None:
+            return None
+        weights = np.ones(n)
+        if sample_weight is not None:
+            given = np.asarray(backend.to_host(sample_weight), dtype=np.float64)
+            if given.shape != (n,) or not np.all(np.isfinite(given)) or np.any(given < 0):
+                raise ValueError(f"{name} must hold {n} finite non-negative weights, one per sample, got shape "
+                                 f"{given.shape}")
+            weights *= given
+        if class_weight is not None:
+            if not isinstance(class_weight, dict):
+                raise TypeError(f"class_weight must be a dict {{class index: weight}}, got {type(class_weight).__name__}")
+            classes = self.build()[-1][-1]
+            table = np.ones(classes)
+            for key, value in class_weight.items():
+                if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= key < classes:
+                    raise ValueError(f"class_weight keys must be class indices in [0, {classes}), got {key!r}")
+                table[key] = float(value)
+            labels = np.asarray(backend.to_host(y))
+            weights *= table[labels.argmax(axis=-1) if labels.ndim == 2 else labels.astype(np.int64)]
+        return weights
+
     def _checked_data(self, x, y, x_name, y_name):
         """(x, y) as arrays after checking all of them once: non-empty, real inputs of the model's sample shape,
         as many targets as samples, and targets the loss can take (class indices in range, or rows of the
         output's width). Raises ValueError/TypeError naming the argument."""
+        if x is None or y is None:
+            raise ValueError(f"{x_name} and {y_name} are both needed")
         x, y = (v if hasattr(v, "shape") and hasattr(v, "dtype") else np.asarray(v) for v in (x, y))
         if x.ndim == 0 or len(x) == 0:
             raise ValueError(f"{x_name} is empty (shape {tuple(x.shape)}); there is nothing to train on or evaluate")
@@ -262,14 +461,14 @@ class Sequential:
             raise TypeError(f"{x_name} has dtype {x.dtype}; the model takes real numbers")
         if self.input_shape is not None and tuple(x.shape[1:]) != tuple(self.input_shape):
             raise ValueError(f"{x_name} has samples of shape {tuple(x.shape[1:])} but the model's input_shape is "
-                             f"{tuple(self.input_shape)}")
+                             f"{tuple(self.input_shape)}{_transposed_hint(tuple(x.shape[1:]), self.input_shape)}")
         if y.ndim == 0 or len(y) != len(x):
             raise ValueError(f"{x_name} has {len(x)} samples but {y_name} has "
                              f"{len(y) if y.ndim else 'no'} (shape {tuple(y.shape)})")
         self.input_shape = tuple(x.shape[1:])
         classes = self.build()[-1][-1] if self.layers else None
-        if isinstance(self.loss, losses.SparseCategoricalCrossentropy) and not isinstance(
-                self.loss, losses.CategoricalCrossentropy):
+        self._advise_layout()
+        if isinstance(self.loss, losses.SparseCategoricalCrossentropy):
             if y.ndim != 1 or y.dtype.kind not in "iu":
                 raise ValueError(f"{y_name} must be a 1-D array of integer class indices for "
                                  f"sparse_categorical_crossentropy, got shape {tuple(y.shape)} dtype {y.dtype}")
@@ -280,6 +479,9 @@ class Sequential:
         elif isinstance(self.loss, losses.CategoricalCrossentropy) and tuple(y.shape[1:]) != (classes,):
             raise ValueError(f"{y_name} must have rows of {classes} values (one-hot) for categorical_crossentropy, "
                              f"got shape {tuple(y.shape)}")
+        elif isinstance(self.loss, losses.BinaryCrossentropy) and tuple(y.shape[1:]) != (classes,):
+            raise ValueError(f"{y_name} must have rows of {classes} targets in [0, 1] for binary_crossentropy, "
+                             f"got shape {tuple(y.shape)}")
         return x, y
 
     def _require_compiled(self):
@@ -287,7 +489,7 @@ class Sequential:
             raise RuntimeError("call compile(optimizer, loss, metrics) before fit/evaluate/train_on_batch")
 
     # ------------------------------------------------------------------ weights
-    def weight_arrays(self):
+    def weight_arrays(self) -> dict[str, Any]:
         """{'layer/name': array} of every trained weight and saved state array."""
         self.build()
         arrays = {}
@@ -296,12 +498,23 @@ class Sequential:
             arrays.update({f"{layer.name}/{k}": s for k, s in layer.state.items()})
         return arrays
 
-    def save_weights(self, path):
-        """Write every weight to ``path`` (.npz) atomically: a temporary file, then a rename."""
+    def save_weights(self, path: str | os.PathLike) -> None:
+        """Write every weight to ``path``, a NumPy ``.npz`` file, atomically (a temporary file, then a rename).
+        Other suffixes (Keras's ``.weights.h5``) are refused: the file would not be what its name says."""
+        if not os.fspath(path).endswith(".npz"):
+            raise ValueError(f"save_weights writes a NumPy .npz archive; give a path ending in '.npz', got {path!r} "
+                             f"(use model.save(path) for the whole model)")
         arrays = {k: backend.to_host(v) for k, v in self.weight_arrays().items()}
         atomic_write(path, lambda f: np.savez(f, **arrays))
 
-    def load_weights(self, path):
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the whole model to one file: architecture (JSON), weights, compile settings and optimizer
+        state (step count, moments, learning rate), and the shuffle seed; ``gpuconv.load_model(path)``
+        resumes training exactly. A zip of JSON and ``.npy`` members, written atomically; no pickle."""
+        from gpuconv.nn.saving import save_model
+        save_model(self, path)
+
+    def load_weights(self, path: str | os.PathLike) -> None:
         """Load weights saved by ``save_weights``; every name and shape must match this model.
 
         All or nothing: names, shapes and dtypes (real floating point only) are checked from the
@@ -327,13 +540,13 @@ class Sequential:
                 from None
         self._replace_all(loaded)
 
-    def get_weights(self):
+    def get_weights(self) -> list[np.ndarray]:
         """Every weight and saved state array as NumPy arrays, in Keras's order: layer by layer, each layer's
         trained weights (kernel, bias; gamma, beta) then its state (moving mean, variance). Layouts are
         gpuconv's: conv kernels KCRS (Keras: HWIO), dense kernels (inputs, units) as in Keras."""
         return [backend.to_host(array).copy() for array in self.weight_arrays().values()]
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Sequence[ArrayLike]) -> None:
         """Replace every weight from a list in ``get_weights``'s order; all checked before any is replaced."""
         own = self.weight_arrays()
         weights = list(weights)
@@ -355,6 +568,29 @@ class Sequential:
                 tensor[...] = arrays[f"{layer.name}/{key}"]
             for key, array in layer.state.items():
                 array[...] = arrays[f"{layer.name}/{key}"]
+
+
+def _class_name(layer):
+    """The registered name a layer saves under (its class's, or the nearest registered base's)."""
+    for cls in type(layer).__mro__:
+        if LAYERS.get(cls.__name__) is cls:
+            return cls.__name__
+    raise ValueError(f"layer {layer.name} is a {type(layer).__name__}, which gpuconv cannot save or rebuild; "
+                     f"use save_weights for the weights")
+
+
+def _transposed_hint(data_shape, model_shape):
+    """A sentence when the data's samples are the model's input shape in the other image layout."""
+    if len(data_shape) != 3 or len(model_shape) != 3:
+        return ""
+    if (data_shape[2], data_shape[0], data_shape[1]) == tuple(model_shape):
+        return ("; the data look channels-last (height, width, channels): build the model with "
+                "data_format='channels_last' (or gpuconv.config.set_image_data_format('channels_last')), or pass "
+                "x.transpose(0, 3, 1, 2)")
+    if (data_shape[1], data_shape[2], data_shape[0]) == tuple(model_shape):
+        return ("; the data look channels-first (channels, height, width): build the model with "
+                "data_format='channels_first', or pass x.transpose(0, 2, 3, 1)")
+    return ""
 
 
 def read_npz_headers(path):

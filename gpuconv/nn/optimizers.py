@@ -23,9 +23,14 @@ class Optimizer:
     def update(self, parameter, grad, slots):
         raise NotImplementedError
 
+    def get_config(self):
+        """The constructor arguments (Keras's ``get_config``); the learning rate is the current one."""
+        return {key: getattr(self, key) for key in self.config_keys}
+
 
 class SGD(Optimizer):
     """v = momentum * v - lr * g; p += v  (Nesterov: p += momentum * v - lr * g)."""
+    config_keys = ("learning_rate", "momentum", "nesterov")
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
         super().__init__(learning_rate)
@@ -45,6 +50,7 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     """Adam with Keras's defaults and bias correction folded into the step size."""
+    config_keys = ("learning_rate", "beta_1", "beta_2", "epsilon")
 
     def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
         super().__init__(learning_rate)

@@ -67,17 +67,22 @@ def test_gpu_backends_without_a_gpu_say_so():
     assert result.returncode != 0
     assert re.search(r"RuntimeError: backend 'cupy' needs (CuPy|a CUDA GPU)", result.stderr), result.stderr
     # 'auto' falls back to the CPU instead
-    result = run_python("import gpuconv; print(gpuconv.get_backend())")
+    result = run_python(LOG_INFO + "import gpuconv; print(gpuconv.get_backend())")
     assert result.stdout.strip() == "cpu" and "no CUDA GPU found" in result.stderr
 
 
+LOG_INFO = "import logging; logging.basicConfig(level=logging.INFO)\n"  # gpuconv logs its choice at INFO
+
+
 def test_auto_says_once_what_it_chose():
-    result = run_python("import gpuconv, numpy as np; import gpuconv.functional as F\n"
+    result = run_python(LOG_INFO + "import gpuconv, numpy as np; import gpuconv.functional as F\n"
                         "F.relu(np.ones(3, np.float32)); F.relu(np.ones(3, np.float32))\n"
                         "print(gpuconv.get_backend())")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "cpu"
-    assert result.stderr.count("gpuconv: backend 'auto' chose 'cpu'") == 1
+    assert result.stderr.count("INFO:gpuconv:backend 'auto' chose 'cpu'") == 1
+    quiet = run_python("import gpuconv; gpuconv.get_backend()")  # logging not configured: nothing on stderr
+    assert quiet.returncode == 0 and quiet.stderr == ""
 
 
 def test_environment_variable():
@@ -88,7 +93,7 @@ def test_environment_variable():
 
 
 def test_set_backend_per_process():
-    result = run_python("import gpuconv; gpuconv.set_backend('CPU'); print(gpuconv.get_backend())",
+    result = run_python(LOG_INFO + "import gpuconv; gpuconv.set_backend('CPU'); print(gpuconv.get_backend())",
                         GPUCONV_BACKEND="auto")
     assert result.stdout.strip() == "cpu" and "chose" not in result.stderr
 

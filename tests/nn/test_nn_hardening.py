@@ -40,15 +40,15 @@ def test_3_and_11_empty_data_is_refused():
     assert all(np.array_equal(before[k], v) for k, v in weights_of(model).items())  # refused before any step
 
 
-def test_9_summary_names_the_layer_whose_kernel_or_pool_does_not_fit():
-    model = gpuconv.Sequential([Conv2D(2, 5), MaxPool2D(2), Flatten(), Dense(2)], input_shape=(1, 4, 4))
+def test_9_building_names_the_layer_whose_kernel_or_pool_does_not_fit():
+    # a model with its input shape builds when constructed (as Keras does), so the error comes there
     with pytest.raises(ValueError, match=r"layer conv2d \(Conv2D\) cannot take input of shape \(None, 1, 4, 4\): "
                                          r"kernel 5x5 .* larger than the padded input 4x4"):
-        model.summary(print_fn=lambda s: None)
-    model = gpuconv.Sequential([Conv2D(2, 3), MaxPool2D(3), Flatten(), Dense(2)], input_shape=(1, 4, 4))
+        gpuconv.Sequential([Conv2D(2, 5), MaxPool2D(2), Flatten(), Dense(2)], input_shape=(1, 4, 4))
+    model = gpuconv.Sequential([Conv2D(2, 3), MaxPool2D(3), Flatten(), Dense(2)])
     with pytest.raises(ValueError, match=r"layer max_pool2d \(MaxPool2D\) cannot take input of shape "
                                          r"\(None, 2, 2, 2\): pool window 3x3"):
-        model.build()
+        model.build((1, 4, 4))
 
 
 @pytest.mark.parametrize("bad", [np.arange(18).reshape(2, 1, 3, 3), np.ones((2, 1, 3, 3), bool),
@@ -180,7 +180,7 @@ def test_23_batch_normalization_axes_and_flatten_on_an_empty_batch(rng):
     (lambda: Conv2D(4, 3, strides=(1, True)), TypeError, r"strides must be an int or a pair"),
     (lambda: Conv2D(4, 3, use_bias="yes"), TypeError, r"use_bias must be True or False"),
     (lambda: Conv2D(4, 3, kernel_initializer="orthogonal"), ValueError, r"kernel_initializer must be one of"),
-    (lambda: Conv2D(4, 3, activation="tanh"), ValueError, r"activation must be None, 'relu' or 'softmax'"),
+    (lambda: Conv2D(4, 3, activation="tanh"), ValueError, r"activation must be None, 'linear', 'relu' or 'softmax'"),
     (lambda: Conv2D(4, 3, data_format="NHWC"), ValueError, r"data_format must be 'channels_first'"),
     (lambda: Dense(True), TypeError, r"units must be a positive int, got True"),
     (lambda: Dense(2.5), TypeError, r"units must be a positive int"),
