@@ -2,6 +2,7 @@
 
     python examples/train_mnist.py                      # 3 epochs, batch 64, full data
     python examples/train_mnist.py --limit 6000 --epochs 1 --out out/quick
+    mpiexec -n 2 python examples/train_mnist.py         # data-parallel over 2 processes (pip install -e '.[mpi]')
 
 Model (cnn-lecture-lee-slides): Conv2D 32 3x3 same relu -> MaxPool 2 -> Conv2D 64 3x3 same relu
 -> MaxPool 2 -> Flatten -> Dense 128 relu -> Dense 10 (softmax), Adam (2e-3, halved after each
@@ -63,8 +64,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.backend:
         gpuconv.set_backend(args.backend)
+    comm = gpuconv.distributed.init()  # size 1 unless started by mpiexec
+    say = print if comm.is_root else (lambda *a, **k: None)  # one rank reports and writes files
+    say(f"gpuconv {gpuconv.__version__}: {comm.size} rank{'s' if comm.size > 1 else ''} ({comm.backend})"
+        + (f", global batch {args.batch_size} = {comm.size} x {args.batch_size // comm.size}" if comm.size > 1 else ""))
     gpuconv.set_seed(args.seed)
-    os.makedirs(args.out, exist_ok=True)
+    if comm.is_root:
+        os.makedirs(args.out, exist_ok=True)
 
     (x_train, y_train), (x_test, y_test) = mnist.load_data(args.data)
     if args.limit:
@@ -73,10 +79,10 @@ def main(argv=None):
     x_train, x_test = prepare(x_train, data_format), prepare(x_test, data_format)
 
     model = build_model(data_format)
-    model.summary()
+    model.summary(print_fn=say)
     model.compile(optimizer=gpuconv.optimizers.Adam(args.learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    print(f"backend {gpuconv.get_backend()!r}: {len(x_train)} training images, batch {args.batch_size}, "
+    say(f"backend {gpuconv.get_backend()!r}: {len(x_train)} training images, batch {args.batch_size}, "
           f"{args.epochs} epochs")
     decay = gpuconv.callbacks.LearningRateScheduler(lambda epoch, rate: args.learning_rate * args.lr_decay ** epoch)
     verbose = 1 if sys.stderr.isatty() else 2  # a progress bar on a terminal, one line per epoch in logs
@@ -86,8 +92,14 @@ def main(argv=None):
     test_loss, test_accuracy = model.evaluate(x_test, y_test)
     eval_seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"test accuracy {100 * test_accuracy:.2f}% (loss {test_loss:.4f}) on {len(x_test)} test images; "
-          f"inference {len(x_test) / eval_seconds:.0f} images/s; peak memory {peak_mb:.0f} MB")
+    say(f"test accuracy {100 * test_accuracy:.2f}% (loss {test_loss:.4f}) on {len(x_test)} test images; "
+        f"inference {len(x_test) / eval_seconds:.0f} images/s; peak memory {peak_mb:.0f} MB (rank 0)")
+    if comm.size > 1:
+        steps = comm.stats["allreduce_calls"]
+        say(f"allreduce: {steps} calls, {comm.stats['allreduce_bytes'] / max(steps, 1) / 1e6:.2f} MB and "
+            f"{1e3 * comm.stats['allreduce_seconds'] / max(steps, 1):.2f} ms per call on average (rank 0)")
+    if not comm.is_root:
+        return None
 
     model.save_weights(os.path.join(args.out, "weights.npz"))
     metrics = dict(
@@ -95,7 +107,7 @@ def main(argv=None):
         epoch_seconds=history.epoch_seconds,
         train_images_per_second=[len(x_train) / s for s in history.epoch_seconds],
         inference_images_per_second=len(x_test) / eval_seconds, peak_memory_mb=peak_mb,
-        backend=gpuconv.get_backend(), args=vars(args), python=sys.version.split()[0],
+        backend=gpuconv.get_backend(), ranks=comm.size, allreduce=comm.stats, args=vars(args), python=sys.version.split()[0],
         numpy=np.__version__, machine=platform.machine(), cpus=os.cpu_count(),
         date=time.strftime("%Y-%m-%d %H:%M:%S"))
     with open(os.path.join(args.out, "metrics.json.tmp"), "w") as f:

@@ -17,7 +17,7 @@ Messages (the backend chosen, data downloads, cache problems) go to ``logging.ge
 """
 import sys
 
-from gpuconv import config, datasets, functional, nn, signal
+from gpuconv import config, datasets, distributed, functional, nn, signal
 from gpuconv._version import __version__
 from gpuconv.backend import BACKENDS, get_backend, set_backend, use_backend
 from gpuconv.nn import Sequential, callbacks, layers, losses, optimizers
@@ -32,5 +32,5 @@ for _module in (callbacks, layers, losses, optimizers):
 del _module
 
 __all__ = ["Tensor", "Function", "from_dlpack", "no_grad", "Sequential", "load_model", "set_seed", "callbacks",
-           "config", "functional", "interop", "keras", "layers", "losses", "models", "optimizers", "datasets", "signal",
+           "config", "distributed", "functional", "interop", "keras", "layers", "losses", "models", "optimizers", "datasets", "signal",
            "nn", "set_backend", "use_backend", "get_backend", "BACKENDS", "__version__"]

@@ -206,14 +206,16 @@ class BatchNorm(Function):
     """Training-mode batch normalization over every axis but ``axis``."""
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, mean, var, reduce, epsilon):
-        """``mean`` and ``var`` are x's batch statistics over ``reduce``, kept dims (computed by the caller)."""
+    def forward(ctx, x, gamma, beta, mean, var, reduce, epsilon, count, group_sum):
+        """``mean`` and ``var`` are the batch statistics over ``reduce`` (kept dims) of ``count`` elements per
+        channel, computed by the caller; ``group_sum`` sums per-channel arrays over a data-parallel group
+        (None: x is the whole batch)."""
         xp = array_module(x)
         inv_std = 1.0 / xp.sqrt(var + epsilon)
         x_hat = (x - mean) * inv_std
         shape = mean.shape
         ctx.save_for_backward(x_hat, inv_std, gamma.reshape(shape))
-        ctx.reduce = reduce
+        ctx.reduce, ctx.count, ctx.group_sum = reduce, count, group_sum
         return x_hat * gamma.reshape(shape) + beta.reshape(shape)
 
     @staticmethod
@@ -222,26 +224,38 @@ class BatchNorm(Function):
         reduce = ctx.reduce
         dgamma = (dy * x_hat).sum(axis=reduce)
         dbeta = dy.sum(axis=reduce)
-        count = dy.size // dbeta.size
+        count, total = max(ctx.count, 1), ctx.group_sum or (lambda a: a)  # 0: an empty batch, empty dx
         dx_hat = dy * gamma
-        dx = inv_std / count * (count * dx_hat - dx_hat.sum(axis=reduce, keepdims=True)
-                                - x_hat * (dx_hat * x_hat).sum(axis=reduce, keepdims=True))
+        dx = inv_std / count * (count * dx_hat - total(dx_hat.sum(axis=reduce, keepdims=True))
+                                - x_hat * total((dx_hat * x_hat).sum(axis=reduce, keepdims=True)))
         return dx, dgamma, dbeta
 
 
-def batch_norm(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, axis: int = 1, epsilon: float = 1e-3):
+def batch_norm(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, axis: int = 1, epsilon: float = 1e-3,
+               group_sum=None):
     """(x - batch mean) / sqrt(batch var + epsilon) * gamma + beta, statistics over all axes but ``axis``.
 
-    Returns the Tensor and the batch (mean, var) per channel, for moving averages.
+    Returns the Tensor and the batch (mean, var) per channel, for moving averages. ``group_sum`` (an
+    allreduce) makes the batch the union of every rank's x: statistics and gradients use its sums.
     """
     x = as_tensor(x)
     check_float_array(x.data, "x")
     if not 0 <= axis < x.ndim:
         raise ValueError(f"axis must be in [0, {x.ndim}) for x of shape {x.shape}, got {axis}")
     reduce = tuple(a for a in range(x.ndim) if a != axis)
-    mean, var = x.data.mean(axis=reduce, keepdims=True), x.data.var(axis=reduce, keepdims=True)
+    count = x.data.size // max(x.shape[axis], 1)
+    if group_sum is None and count == 0:  # an empty batch: nothing to normalize, no statistics (not NaN)
+        xp = array_module(x.data)
+        shape = tuple(1 if a in reduce else n for a, n in enumerate(x.shape))
+        mean, var = xp.zeros(shape, x.dtype), xp.ones(shape, x.dtype)
+    elif group_sum is None:
+        mean, var = x.data.mean(axis=reduce, keepdims=True), x.data.var(axis=reduce, keepdims=True)
+    else:  # two passes, as var() does: the group's mean, then the mean squared deviation from it
+        count = int(group_sum(array_module(x.data).asarray([count], dtype=x.dtype))[0])
+        mean = group_sum(x.data.sum(axis=reduce, keepdims=True)) / count
+        var = group_sum(((x.data - mean) ** 2).sum(axis=reduce, keepdims=True)) / count
     out = BatchNorm.apply(x, as_tensor(gamma), as_tensor(beta), mean=mean, var=var, reduce=reduce,
-                          epsilon=epsilon)
+                          epsilon=epsilon, count=count, group_sum=group_sum)
     return out, (mean.reshape(-1), var.reshape(-1))
 
 

@@ -81,3 +81,13 @@ def test_suite_writes_json_markdown_and_plots(tmp_path):
     assert "| conv2d_forward | tiny | cpu |" in table and "End to end" in table
     for plot in ("throughput.png", "roofline.png"):
         assert (directory / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_allreduce_model_on_paper():
+    from bench import allreduce_model
+    assert allreduce_model.MNIST_PARAMETERS == 421_642  # the example model's summary
+    # ring allreduce: 2 (N-1)/N * bytes / bandwidth + 2 (N-1) * latency
+    assert allreduce_model.allreduce_seconds(2, 4e6, 1e9, 0.0) == pytest.approx(4e-3)
+    assert allreduce_model.allreduce_seconds(4, 4e6, 1e9, 1e-5) == pytest.approx(6e-3 + 6e-5)
+    rows = allreduce_model.table(ranks=(8,))
+    assert all(0 < efficiency <= 1 for *_, efficiency in rows) and len(rows) == 8

@@ -10,7 +10,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Exactly what a user's program runs, and nothing else: no tests, no kernels/tools (emulator, compile reports).
 SHIPPED = """
-gpuconv/__init__.py gpuconv/_types.py gpuconv/_version.py gpuconv/backend.py gpuconv/config.py gpuconv/fileio.py
+gpuconv/__init__.py gpuconv/_types.py gpuconv/_version.py gpuconv/backend.py gpuconv/config.py gpuconv/distributed.py
+gpuconv/fileio.py
 gpuconv/functional.py gpuconv/geometry.py gpuconv/interop.py gpuconv/keras.py gpuconv/models.py gpuconv/py.typed
 gpuconv/rng.py gpuconv/signal.py gpuconv/tensor.py gpuconv/datasets/__init__.py gpuconv/datasets/mnist.py
 gpuconv/nn/__init__.py gpuconv/nn/callbacks.py gpuconv/nn/layers.py gpuconv/nn/losses.py gpuconv/nn/model.py
@@ -61,7 +62,7 @@ def test_wheel_ships_exactly_the_runtime_files(tmp_path):
     exec((ROOT / "gpuconv" / "_version.py").read_text(), version)
     assert fields["Version"] == [version["__version__"]]
     assert "Typing :: Typed" in fields["Classifier"] and len(fields["Classifier"]) >= 8
-    assert {"test", "compile", "cuda", "dask", "examples", "bench"} <= set(fields["Provides-Extra"])
+    assert {"test", "compile", "mpi", "cuda", "dask", "examples", "bench"} <= set(fields["Provides-Extra"])
     # the CPU-only test extra carries no CUDA toolkit wheel; the compile extra does
     test_requirements = [r for r in fields["Requires-Dist"] if 'extra == "test"' in r]
     assert test_requirements and not any(r.startswith(("nvidia-", "cuda-", "cupy")) or "[cu13]" in r
@@ -79,6 +80,7 @@ def test_the_public_api_type_checks():
 
 def test_import_gpuconv_is_quick_and_loads_no_optional_dependency():
     code = ("import sys, time; t = time.perf_counter(); import gpuconv; print(time.perf_counter() - t); "
+            "gpuconv.distributed.init(); "
             "print(sorted(m for m in ('torch', 'cupy', 'dask', 'scipy', 'matplotlib', 'mpi4py') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     seconds, loaded = result.stdout.splitlines()

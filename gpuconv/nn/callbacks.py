@@ -5,6 +5,9 @@
 the validation's ``on_test_begin``/``on_test_end``, then ``on_epoch_end`` (logs: ``loss``, metrics,
 ``val_loss``, ``val_<metric>``); ``on_train_end``. Setting ``model.stop_training = True`` ends
 training after the current batch (the epoch is still validated and closed).
+
+In a data-parallel run (``gpuconv.distributed``) every rank runs the callbacks on the same logs, so they
+decide alike; only rank 0 prints and writes files (ModelCheckpoint, CSVLogger).
 """
 import csv
 import logging
@@ -15,6 +18,16 @@ import warnings
 import numpy as np
 
 logger = logging.getLogger("gpuconv")
+
+
+def _is_root():
+    from gpuconv import distributed
+    return distributed.world().is_root
+
+
+def _say(message):
+    if _is_root():
+        print(message)
 
 
 class Callback:
@@ -97,7 +110,7 @@ class LearningRateScheduler(Callback):
             raise ValueError(f"the schedule must return a positive learning rate, got {rate!r} for epoch {epoch}")
         optimizer.learning_rate = float(rate)
         if self.verbose:
-            print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(rate)}.")
+            _say(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(rate)}.")
 
 
 class _Monitor(Callback):
@@ -162,11 +175,11 @@ class EarlyStopping(_Monitor):
             if self.restore_best_weights and self.best_weights is not None:
                 self.model.set_weights(self.best_weights)
                 if self.verbose:
-                    print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+                    _say(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
 
     def on_train_end(self, logs=None):
         if self.stopped_epoch > 0 and self.verbose:
-            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+            _say(f"Epoch {self.stopped_epoch + 1}: early stopping")
 
 
 class ModelCheckpoint(_Monitor):
@@ -197,8 +210,10 @@ class ModelCheckpoint(_Monitor):
             if current is None or not self.improved(current, self.best):
                 return
             if self.verbose:
-                print(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, saving {path}")
+                _say(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, saving {path}")
             self.best = current
+        if not _is_root():
+            return
         if self.save_weights_only:
             self.model.save_weights(path)
         else:
@@ -214,6 +229,8 @@ class CSVLogger(Callback):
         self.file = self.writer = self.keys = None
 
     def on_train_begin(self, logs=None):
+        if not _is_root():
+            return
         exists = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0
         self.header_written = exists
         if exists:
@@ -222,6 +239,8 @@ class CSVLogger(Callback):
         self.file = open(self.filename, "a" if self.append else "w", newline="")
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.file is None:  # not rank 0
+            return
         logs = logs or {}
         if self.keys is None:
             self.keys = sorted(logs)
@@ -269,7 +288,7 @@ class ReduceLROnPlateau(_Monitor):
                 if optimizer.learning_rate > self.min_lr:
                     optimizer.learning_rate = max(optimizer.learning_rate * self.factor, self.min_lr)
                     if self.verbose:
-                        print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to "
+                        _say(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to "
                               f"{optimizer.learning_rate}.")
                 self.cooldown_counter, self.wait = self.cooldown, 0
 

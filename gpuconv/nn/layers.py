@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from gpuconv import backend, config, rng
+from gpuconv import backend, config, distributed, rng
 from gpuconv._types import Padding, Pair, Shape
 from gpuconv import functional as F
 from gpuconv.geometry import as_count, as_pair, check_padding_form
@@ -478,8 +478,10 @@ class BatchNormalization(Layer):
         gamma, beta = self.weights["gamma"], self.weights["beta"]
         axis = self._axis_of(x.ndim) if axis is None else axis
         if training:
-            y, (mean, var) = F.batch_norm(x, gamma, beta, axis, self.epsilon)
-            for key, batch in (("moving_mean", mean), ("moving_variance", var)):
+            # in a data-parallel fit, the statistics of the global batch (every rank's shard)
+            y, (mean, var) = F.batch_norm(x, gamma, beta, axis, self.epsilon,
+                                          group_sum=distributed.cross_replica_sum())
+            for key, batch in (("moving_mean", mean), ("moving_variance", var)) if x.data.size else ():
                 moving = self.state[key]
                 moving *= self.momentum
                 moving += (1 - self.momentum) * batch.astype(moving.dtype)

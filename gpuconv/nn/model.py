@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence, cast
 
 import numpy as np
 
-from gpuconv import backend, rng
+from gpuconv import backend, distributed, rng
 from gpuconv._types import ArrayLike, Shape
 from gpuconv.fileio import atomic_write
 from gpuconv.nn import losses, optimizers
@@ -240,13 +240,18 @@ class Sequential:
         return self.loss(y, out, **weighted), out
 
     def _metric_values(self, out, y):
+        correct, count = self._metric_counts(out, y)
+        return [correct / max(count, 1)] * len(self.metrics)
+
+    def _metric_counts(self, out, y):
+        """(right answers, answers) of the accuracy metric on a batch; (0, 0) without metrics."""
         if not self.metrics:
-            return []
+            return 0.0, 0
         if isinstance(self.loss, losses.BinaryCrossentropy):  # Keras: 'accuracy' is then binary accuracy
-            return [float(((out.data > 0.5) == (y > 0.5)).mean())] * len(self.metrics)
-        predicted = out.data.argmax(axis=-1)
-        labels = y.argmax(axis=-1) if y.ndim == 2 else y
-        return [float((predicted == labels).mean())] * len(self.metrics)
+            right = (out.data > 0.5) == (y > 0.5)
+        else:
+            right = out.data.argmax(axis=-1) == (y.argmax(axis=-1) if y.ndim == 2 else y)
+        return float(right.sum()), int(right.size)
 
     def _names(self):
         return ["loss"] + list(self.metrics)
@@ -258,13 +263,69 @@ class Sequential:
         values = self._train_step(self._as_input(x), y, self._sample_weights(y, sample_weight, class_weight, len(y)))
         return self._result(values, return_dict)
 
-    def _train_step(self, x, y, weights):
+    def _train_step(self, x, y, weights, global_batch=None):
+        """One step on (x, y), this rank's shard of a batch of ``global_batch`` samples; returns the batch's
+        [loss, *metrics] (over all ranks)."""
+        comm = distributed.world()
+        if comm.size > 1:
+            return self._parallel_step(comm, x, y, weights, global_batch)
         y = self._as_target(y)
         loss, out = self._loss_and_outputs(x, y, training=True,
                                            weights=None if weights is None else backend.to_device(weights))
         loss.backward()
         self.optimizer.step(self.parameters())
         return [float(loss.data)] + self._metric_values(out, y)
+
+    def _parallel_step(self, comm, x, y, weights, global_batch):
+        """The data-parallel step: each rank's loss is sum(w * loss) / global batch over its shard, so the sum of
+        the ranks' gradients is the global batch's; one allreduce sums them, packed with the loss and the
+        metric's counts."""
+        n = len(y)
+        scale = (np.ones(n) if weights is None else np.asarray(weights, np.float64)) * (n / global_batch)
+        y = self._as_target(y)
+        with distributed.data_parallel(comm):
+            loss, out = self._loss_and_outputs(x, y, training=True, weights=backend.to_device(scale))
+            loss.backward()
+        parameters = self.parameters()
+        xp = backend.array_module(parameters[0].data)
+        correct, count = self._metric_counts(out, y)
+        packed = xp.concatenate([(p.grad if p.grad is not None else xp.zeros_like(p.data)).ravel()
+                                 for p in parameters] + [xp.asarray([float(loss.data), correct, count],
+                                                                    dtype=parameters[0].dtype)])
+        comm.allreduce_sum(packed)
+        offset = 0
+        for p in parameters:
+            p.grad = packed[offset:offset + p.data.size].reshape(p.shape)
+            offset += p.data.size
+        self.optimizer.step(parameters)
+        total_loss, total_correct, total_count = (float(v) for v in backend.to_host(packed[offset:]))
+        return [total_loss] + [total_correct / max(total_count, 1)] * len(self.metrics)
+
+    def _share_state(self, comm, x, y, batch_size, epochs, initial_epoch, validation):
+        """Data-parallel fit: check that every rank runs the same model on the same data, then take rank 0's
+        weights, optimizer state and shuffle seed."""
+        if batch_size % comm.size:
+            raise ValueError(f"batch_size {batch_size} must divide evenly over the {comm.size} ranks: it is the "
+                             f"global batch, each rank computes batch_size / {comm.size} samples of it")
+        from gpuconv import __version__
+        mine = {"gpuconv version": __version__, "model": distributed.fingerprint(self.to_json()),
+                "optimizer": type(self.optimizer).__name__, "x shape": tuple(x.shape), "y shape": tuple(y.shape),
+                "batch_size": batch_size, "epochs": (initial_epoch, epochs),
+                "validation samples": None if validation is None else len(validation[0])}
+        everyone = comm.allgather_object(mine)
+        differ = sorted({key for other in everyone for key in mine if other[key] != everyone[0][key]})
+        if differ:
+            raise ValueError("the ranks disagree on " + "; ".join(
+                f"{key}: " + ", ".join(f"rank {r} {other[key]}" for r, other in enumerate(everyone)) for key in differ))
+        self.set_weights(comm.broadcast_arrays(self.get_weights()))
+        parameters = self.parameters()
+        state = {i: {k: backend.to_host(v) for k, v in self.optimizer.state.get(id(p), {}).items()}
+                 for i, p in enumerate(parameters)}
+        iterations, learning_rate, state, seed = comm.broadcast_object(
+            (self.optimizer.iterations, self.optimizer.learning_rate, state, self.shuffle_seed))
+        self.optimizer.iterations, self.optimizer.learning_rate, self.shuffle_seed = iterations, learning_rate, seed
+        self.optimizer.state = {id(p): {k: backend.to_device(v) for k, v in state[i].items()}
+                                for i, p in enumerate(parameters) if state[i]}
 
     def _result(self, values, return_dict):
         if return_dict:
@@ -316,6 +377,10 @@ class Sequential:
         validation_batch_size = validation_batch_size or max(batch_size, 256)
         if shuffle and self.shuffle_seed is None:
             self.shuffle_seed = int(rng.generator().integers(2 ** 63))
+        comm = distributed.world()
+        if comm.size > 1:
+            self._share_state(comm, x, y, batch_size, epochs, initial_epoch, validation)
+            verbose = verbose if comm.is_root else 0  # one rank reports
         history = History()
         callback_list = CallbackList(list(callbacks or ()) + [history], self,
                                      {"verbose": verbose, "epochs": epochs, "steps": -(-len(x) // batch_size)})
@@ -353,8 +418,9 @@ class Sequential:
             for step, b0 in enumerate(bar):
                 callback_list.on_train_batch_begin(step)
                 index = np.sort(order[b0:b0 + batch_size]) if shuffle else order[b0:b0 + batch_size]
-                values = self._train_step(self._as_input(x[index]), y[index],
-                                          None if weights is None else weights[index])
+                local = _shard(index, distributed.world())  # all of it in a single process
+                values = self._train_step(self._as_input(x[local]), y[local],
+                                          None if weights is None else weights[local], len(index))
                 history.batches.append((epoch + b0 / n, *values))
                 totals += np.array(values) * len(index)
                 seen += len(index)
@@ -386,15 +452,20 @@ class Sequential:
         callback_list = CallbackList(callbacks, self)
         callback_list.on_test_begin()
         totals, n = np.zeros(len(self._names())), len(x)
+        comm = distributed.world()
+        if comm.size > 1:  # each rank evaluates its contiguous part; the sums are reduced below
+            local = _shard(np.arange(n), comm)
+            x, y = x[local], y[local]
+            weights = None if weights is None else weights[local]
         with no_grad(), backend.session():
-            for step, b0 in enumerate(range(0, n, batch_size)):
+            for step, b0 in enumerate(range(0, len(x), batch_size)):
                 callback_list.on_test_batch_begin(step)
                 yb = self._as_target(y[b0:b0 + batch_size])
                 wb = None if weights is None else backend.to_device(weights[b0:b0 + batch_size])
                 loss, out = self._loss_and_outputs(self._as_input(x[b0:b0 + batch_size]), yb, False, wb)
                 totals += np.array([float(loss.data)] + self._metric_values(out, yb)) * len(yb)
                 callback_list.on_test_batch_end(step)
-        scores = (totals / n).tolist()
+        scores = (comm.allreduce_sum(totals) / n).tolist()
         callback_list.on_test_end(dict(zip(self._names(), scores)))
         return self._result(scores, return_dict)
 
@@ -568,6 +639,14 @@ class Sequential:
                 tensor[...] = arrays[f"{layer.name}/{key}"]
             for key, array in layer.state.items():
                 array[...] = arrays[f"{layer.name}/{key}"]
+
+
+def _shard(index, comm):
+    """This rank's contiguous part of ``index`` (sizes differ by at most one; the whole in one process)."""
+    if comm.size == 1:
+        return index
+    bounds = np.linspace(0, len(index), comm.size + 1).round().astype(int)
+    return index[bounds[comm.rank]:bounds[comm.rank + 1]]
 
 
 def _class_name(layer):
