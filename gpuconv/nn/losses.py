@@ -96,15 +96,21 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, sample_we
     return CrossEntropy.apply(y_pred, targets=targets, from_logits=from_logits, weights=_weights(sample_weight, y_pred))
 
 
-def categorical_crossentropy(y_true, y_pred, from_logits=False, sample_weight=None):
-    """Mean cross-entropy of (batch, classes) predictions against one-hot (or probability) rows."""
-    y_pred = as_tensor(y_pred)
+def _dense_targets(y_true, y_pred):
+    """Targets of the predictions' shape (one-hot rows, probabilities), as an array beside them."""
     targets = array_module(y_pred.data).asarray(y_true.data if hasattr(y_true, "_ctx") else y_true,
                                                 dtype=y_pred.dtype)
     if targets.shape != y_pred.shape:
         raise ValueError(f"targets must have the predictions' shape {y_pred.shape}, got {targets.shape}")
     _check(y_pred, targets.shape)
-    return CrossEntropy.apply(y_pred, targets=targets, from_logits=from_logits, weights=_weights(sample_weight, y_pred))
+    return targets
+
+
+def categorical_crossentropy(y_true, y_pred, from_logits=False, sample_weight=None):
+    """Mean cross-entropy of (batch, classes) predictions against one-hot (or probability) rows."""
+    y_pred = as_tensor(y_pred)
+    return CrossEntropy.apply(y_pred, targets=_dense_targets(y_true, y_pred), from_logits=from_logits,
+                              weights=_weights(sample_weight, y_pred))
 
 
 class Loss:
@@ -171,12 +177,7 @@ class BinaryCrossEntropy(Function):
 def binary_crossentropy(y_true, y_pred, from_logits=False, sample_weight=None):
     """Keras's binary cross-entropy of (batch, outputs) predictions against targets in [0, 1] of that shape."""
     y_pred = as_tensor(y_pred)
-    targets = array_module(y_pred.data).asarray(y_true.data if hasattr(y_true, "_ctx") else y_true,
-                                                dtype=y_pred.dtype)
-    if targets.shape != y_pred.shape:
-        raise ValueError(f"targets must have the predictions' shape {y_pred.shape}, got {targets.shape}")
-    _check(y_pred, targets.shape)
-    return BinaryCrossEntropy.apply(y_pred, targets=targets, from_logits=from_logits,
+    return BinaryCrossEntropy.apply(y_pred, targets=_dense_targets(y_true, y_pred), from_logits=from_logits,
                                     weights=_weights(sample_weight, y_pred))
 
 

@@ -55,18 +55,30 @@ class Adam(Optimizer):
     def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
         super().__init__(learning_rate)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self._scratch: dict = {}  # id(parameter) -> a work buffer (not state: never saved)
 
     def update(self, parameter, grad, slots):
         xp = array_module(grad)
         m = slots.setdefault("m", xp.zeros_like(grad))
         v = slots.setdefault("v", xp.zeros_like(grad))
+        # in place through one reused buffer: a step allocated five temporaries per parameter before
+        work = self._scratch.get(id(parameter))
+        if work is None or work.shape != grad.shape or work.dtype != grad.dtype:
+            work = self._scratch[id(parameter)] = xp.empty_like(grad)
         m *= self.beta_1
-        m += (1 - self.beta_1) * grad
+        xp.multiply(grad, 1 - self.beta_1, out=work)
+        m += work
         v *= self.beta_2
-        v += (1 - self.beta_2) * grad * grad
+        xp.multiply(grad, grad, out=work)
+        work *= 1 - self.beta_2
+        v += work
         t = self.iterations
         step = self.learning_rate * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
-        parameter.data -= (step * m / (xp.sqrt(v) + self.epsilon)).astype(parameter.dtype, copy=False)
+        xp.sqrt(v, out=work)
+        work += self.epsilon
+        xp.divide(m, work, out=work)
+        work *= step
+        parameter.data -= work.astype(parameter.dtype, copy=False)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam}

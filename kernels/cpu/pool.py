@@ -135,6 +135,38 @@ def _avg_pool_forward(p0, p1, x, y, PH, PW, sh, sw, pt, pl):
 
 
 @njit(**JIT)
+def _max_pool_backward_tiled(p0, p1, dy, argmax, dx, PH, PW):
+    """Max-pool backward when the windows tile the planes (Keras's default), without a zero-fill pass over dx.
+
+    Long rows of 2-wide windows: each pixel written once, the gradient or 0 by a vector select. Short rows
+    (the select's scalar remainder branched on random taps and mispredicted, 8x slower on 28-pixel rows):
+    zero the band of PH rows (in L1), then store each window's gradient at its argmax."""
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    OH, OW = dy.shape[2], dy.shape[3]
+    select = PW == 2 and OW >= 16  # rows long enough for LLVM's 16-wide vector select: one write per pixel
+    for plane in range(p0, p1):
+        n, c = plane // C, plane % C
+        for oh in range(OH):
+            g_row, tap_row = dy[n, c, oh], argmax[n, c, oh]
+            for r in range(PH):
+                row = dx[n, c, oh * PH + r]
+                if select:
+                    for ow in range(OW):
+                        g, tap = g_row[ow], tap_row[ow] - 2 * r
+                        row[2 * ow] = g if tap == 0 else 0
+                        row[2 * ow + 1] = g if tap == 1 else 0
+                    fill_zero(row, 2 * OW, W)
+                else:
+                    fill_zero(row, 0, W)
+            if not select:
+                for ow in range(OW):
+                    tap = tap_row[ow]
+                    dx[n, c, oh * PH + tap // PW, ow * PW + tap % PW] = g_row[ow]
+        for h in range(OH * PH, H):
+            fill_zero(dx[n, c, h], 0, W)
+
+
+@njit(**JIT)
 def _pool_backward(p0, p1, dy, argmax, dx, is_max, PH, PW, sh, sw, pt, pl):
     """Each window sends its gradient back: max to its argmax, avg spread over its real elements.
 
@@ -191,5 +223,9 @@ def pool2d_backward(dy, argmax, x_shape, mode, pool, stride, padding):
     args = (pool[0], pool[1], stride[0], stride[1], padding[0][0], padding[1][0])
     is_max = mode == "max"
     argmax = np.ascontiguousarray(argmax) if is_max else np.zeros((1, 1, 1, 1), np.int32)
-    runtime.parallel_for(_pool_backward, x_shape[0] * x_shape[1], x_shape[2] * x_shape[3], dy, argmax, dx, is_max, *args)
+    planes, plane_size = x_shape[0] * x_shape[1], x_shape[2] * x_shape[3]
+    if is_max and pool == stride and padding == ((0, 0), (0, 0)):  # windows tile the input (Keras's default)
+        runtime.parallel_for(_max_pool_backward_tiled, planes, plane_size, dy, argmax, dx, pool[0], pool[1])
+    else:
+        runtime.parallel_for(_pool_backward, planes, plane_size, dy, argmax, dx, is_max, *args)
     return dx

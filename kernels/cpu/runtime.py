@@ -187,25 +187,28 @@ def session():
         yield
 
 
-def run_units(work, units):
+def run_units(work, units, uses_blas=True):
     """Run ``work(n0, n1)`` for each image range, one per core, and return the results in order.
 
     Each range runs serially (Numba loops with ``nogil``, then a single-threaded
     GEMM) on its own Python thread, so cores never fight over spinning BLAS and
     Numba worker threads. A single range runs inline with multi-threaded BLAS.
+    Work that calls no BLAS (``uses_blas=False``) skips the BLAS limit, whose
+    threadpoolctl calls cost more than a small kernel.
     """
     if len(units) <= 1:
         return [work(*unit) for unit in units]
-    with single_threaded_blas():
+    with single_threaded_blas() if uses_blas else contextlib.nullcontext():
         return list(_controller().map(lambda unit: work(*unit), units))
 
 
 def parallel_for(kernel, count, cost_per_item, *args):
-    """Run ``kernel(i0, i1, *args)`` over ``[0, count)`` split into one contiguous range per worker.
+    """Run ``kernel(i0, i1, *args)`` (a Numba loop calling no BLAS) over ``[0, count)`` split into one
+    contiguous range per worker.
 
     ``cost_per_item`` (elements touched per item) keeps small jobs inline, where
     a thread hand-off would cost more than it saves.
     """
     parts = min(workers(), count, max(1, count * cost_per_item // PARALLEL_MIN_ELEMENTS))
     bounds = [count * i // parts for i in range(parts + 1)] if parts else []
-    run_units(lambda i0, i1: kernel(i0, i1, *args), list(zip(bounds[:-1], bounds[1:])))
+    run_units(lambda i0, i1: kernel(i0, i1, *args), list(zip(bounds[:-1], bounds[1:])), uses_blas=False)

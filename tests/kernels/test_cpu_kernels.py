@@ -107,3 +107,23 @@ def test_zero_channels_and_zero_filters(rng):
     assert cpu.conv2d_backward_weight(dy, np.zeros((2, 0, 5, 5)), (0, 0, 3, 3), *geometry).shape == (0, 0, 3, 3)
     dw = cpu.conv2d_backward_weight(np.ones((2, 3, 5, 5)), np.zeros((2, 0, 5, 5)), (3, 0, 3, 3), *geometry)
     assert dw.shape == (3, 0, 3, 3)
+
+
+@pytest.mark.parametrize("shape, window", [
+    ((2, 3, 7, 9), 2),     # ragged: the last row and column are in no window
+    ((1, 2, 9, 10), 3),    # 3x3 windows tiling with a ragged column
+    ((2, 2, 6, 40), 2),    # rows of 20 windows: the vector-select path
+    ((1, 1, 5, 33), 2),    # 16 windows per row and a ragged column
+])
+def test_tiled_max_pool_backward_against_loops(shape, window, rng):
+    """The tiled fast path (stride == window, no padding): gradients at the first maximum, zeros elsewhere
+    and in uncovered edges; with ties (a constant plane) and a NaN."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, 0] = 1.0  # ties everywhere: the first maximum in row-major window order gets the gradient
+    x[-1, -1, 1, 1] = np.nan
+    pool, padding = (window, window), ((0, 0), (0, 0))
+    y, argmax = cpu.pool2d_forward(x, "max", pool, pool, padding)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = cpu.pool2d_backward(dy, argmax, shape, "max", pool, pool, padding)
+    finite = np.nan_to_num(x, nan=np.inf)  # the reference's argmax takes NaN as the maximum, like ours
+    np.testing.assert_array_equal(dx, ref.pool2d_grad(finite, dy, "max", pool, pool, padding).astype(np.float32))
