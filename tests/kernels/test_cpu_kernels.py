@@ -112,8 +112,9 @@ def test_zero_channels_and_zero_filters(rng):
 @pytest.mark.parametrize("shape, window", [
     ((2, 3, 7, 9), 2),     # ragged: the last row and column are in no window
     ((1, 2, 9, 10), 3),    # 3x3 windows tiling with a ragged column
-    ((2, 2, 6, 40), 2),    # rows of 20 windows: the vector-select path
+    ((2, 2, 6, 40), 2),    # rows of 20 windows
     ((1, 1, 5, 33), 2),    # 16 windows per row and a ragged column
+    ((3, 1, 8, 12), (2, 3)),  # non-square windows: the division path
 ])
 def test_tiled_max_pool_backward_against_loops(shape, window, rng):
     """The tiled fast path (stride == window, no padding): gradients at the first maximum, zeros elsewhere
@@ -121,7 +122,7 @@ def test_tiled_max_pool_backward_against_loops(shape, window, rng):
     x = rng.standard_normal(shape).astype(np.float32)
     x[0, 0] = 1.0  # ties everywhere: the first maximum in row-major window order gets the gradient
     x[-1, -1, 1, 1] = np.nan
-    pool, padding = (window, window), ((0, 0), (0, 0))
+    pool, padding = (window, window) if isinstance(window, int) else window, ((0, 0), (0, 0))
     y, argmax = cpu.pool2d_forward(x, "max", pool, pool, padding)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx = cpu.pool2d_backward(dy, argmax, shape, "max", pool, pool, padding)
