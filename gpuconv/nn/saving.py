@@ -94,11 +94,10 @@ def load_model(path, compile=True):
                          f"shape mismatches {wrong}")
     model._replace_all({key: backend.to_device(value) for key, value in weights.items()})
     if compile and document["compile"] is not None:
-        _restore_compile(model, document["compile"], arrays, path)
-    elif any(name.startswith("optimizer/") for name in arrays):
-        arrays = {}
-    if arrays and compile:
-        raise ValueError(f"{path}: unexpected members {sorted(arrays)}")
+        _restore_compile(model, document["compile"], arrays, path)  # takes the optimizer members it uses
+    stray = sorted(name for name in arrays if not name.startswith("optimizer/"))
+    if stray:
+        raise ValueError(f"{path}: unexpected members {stray}")
     return model
 
 
