@@ -20,6 +20,8 @@ import importlib
 import logging
 import os
 
+import numpy as np
+
 from gpuconv.kernels import api
 from gpuconv.kernels.api import KERNELS  # noqa: F401  (the kernel names, for callers)
 
@@ -109,6 +111,13 @@ def load(name):
 def session():
     """Context for a block of many ops (a training loop): the backend's ``session()`` if it has one."""
     return getattr(kernels(), "session", contextlib.nullcontext)()
+
+
+def optional_kernel(name, array):
+    """The optional kernel ``name`` (beyond the contract, e.g. the CPU's fused ``adam_update``) of the backend
+    that holds ``array`` (the CPU for NumPy arrays, else the active GPU backend), or None when it has none."""
+    module = load("cpu") if isinstance(array, np.ndarray) else kernels()
+    return getattr(module, name, None)
 
 
 def serial():

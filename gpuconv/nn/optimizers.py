@@ -1,7 +1,7 @@
 """Optimizers (Keras semantics), updating parameter arrays in place with their own array module."""
 import math
 
-from gpuconv.backend import array_module
+from gpuconv.backend import array_module, optional_kernel
 
 
 class Optimizer:
@@ -61,6 +61,14 @@ class Adam(Optimizer):
         xp = array_module(grad)
         m = slots.setdefault("m", xp.zeros_like(grad))
         v = slots.setdefault("v", xp.zeros_like(grad))
+        t = self.iterations
+        step = self.learning_rate * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        fused = optional_kernel("adam_update", grad)
+        arrays = (parameter.data, grad, m, v)
+        if fused is not None and all(a.dtype == grad.dtype and a.flags.c_contiguous for a in arrays):
+            fused(*arrays, self.beta_1, self.beta_2, self.epsilon, step)  # one pass instead of ten
+            parameter.data = parameter.data  # changed in place: a new version, as ``-=`` below gives
+            return
         # in place through one reused buffer: a step allocated five temporaries per parameter before
         work = self._scratch.get(id(parameter))
         if work is None or work.shape != grad.shape or work.dtype != grad.dtype:
@@ -72,8 +80,6 @@ class Adam(Optimizer):
         xp.multiply(grad, grad, out=work)
         work *= 1 - self.beta_2
         v += work
-        t = self.iterations
-        step = self.learning_rate * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
         xp.sqrt(v, out=work)
         work += self.epsilon
         xp.divide(m, work, out=work)

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+import scipy.linalg.cython_blas  # noqa: F401  (the BLAS behind np.dot in Numba code: loaded before threadpoolctl looks)
 from numba import njit
 from threadpoolctl import ThreadpoolController
 
@@ -38,7 +39,7 @@ MALLOPT_ENV = "GPUCONV_MALLOPT"
 
 # --------------------------------------------------------------------------- Numba
 # Options of every kernel, and the shared index helpers compiled for the CPU.
-JIT = dict(cache=True, nogil=True)
+JIT = dict(cache=True, nogil=True, error_model="numpy")  # numpy: no ZeroDivisionError branch, which kept loops with a division scalar (8x slower)
 valid_output_range = njit(inline="always")(indexing.valid_output_range)
 clipped_window = njit(inline="always")(indexing.clipped_window)
 
@@ -92,6 +93,49 @@ def workspace_budget(workspace_bytes):
     if workspace_bytes is None:
         workspace_bytes = SERIAL_WORKSPACE_BYTES if getattr(_thread_state, "serial", False) else WORKSPACE_BYTES
     return min(workspace_bytes, WORKSPACE_LIMIT)
+
+
+# --------------------------------------------------------------------------- workspace planning
+
+def image_units(n_images, out_h, out_w, bytes_per_column, budget):
+    """Split the batch into contiguous image ranges, one per worker (one image each if images are huge).
+
+    A *column* is one output position's share of the workspace (im2col: a column of the
+    column matrix; Winograd: one tile's transforms), ``out_h x out_w`` of them per image.
+    """
+    if out_h * out_w * bytes_per_column > budget // workers():
+        return [(n, n + 1) for n in range(n_images)]
+    count = min(workers(), n_images)
+    if count == 0:
+        return []
+    bounds = [n_images * i // count for i in range(count + 1)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def blocks(n0, n1, out_h, out_w, bytes_per_column, budget):
+    """Yield ``(n0, n1, oh0, oh1, ow0, ow1)`` blocks of output positions whose workspace fits ``budget``.
+
+    Whole images are grouped while one image fits; otherwise an image is split
+    by output rows, and a row too wide by columns. A block never has fewer than
+    one output position, so only a single position whose column exceeds the
+    budget can exceed it.
+    """
+    per_image = out_h * out_w * bytes_per_column
+    if per_image <= budget:
+        step = max(1, budget // max(per_image, 1))
+        for a in range(n0, n1, step):
+            yield a, min(a + step, n1), 0, out_h, 0, out_w
+    elif out_w * bytes_per_column <= budget:
+        rows = budget // (out_w * bytes_per_column)
+        for n in range(n0, n1):
+            for oh0 in range(0, out_h, rows):
+                yield n, n + 1, oh0, min(oh0 + rows, out_h), 0, out_w
+    else:
+        cols = max(1, budget // bytes_per_column)
+        for n in range(n0, n1):
+            for oh in range(out_h):
+                for ow0 in range(0, out_w, cols):
+                    yield n, n + 1, oh, oh + 1, ow0, min(ow0 + cols, out_w)
 
 
 # --------------------------------------------------------------------------- threads

@@ -55,10 +55,10 @@ def test_chunk_planning_for_a_batch_past_2_to_the_31_elements():
     """Planning a conv over 2**32 output elements: no overflow, every chunk within budget, all images covered."""
     n, oh, ow, column_bytes = 2**16, 256, 256, 4 * 40
     budget = 256 << 20
-    units = conv._image_units(n, oh, ow, column_bytes, budget)
+    units = runtime.image_units(n, oh, ow, column_bytes, budget)
     covered = 0
     for a, b in units:
-        for n0, n1, oh0, oh1, ow0, ow1 in conv._chunks(a, b, oh, ow, column_bytes, budget):
+        for n0, n1, oh0, oh1, ow0, ow1 in runtime.blocks(a, b, oh, ow, column_bytes, budget):
             assert (n1 - n0) * (oh1 - oh0) * (ow1 - ow0) * column_bytes <= budget and (ow0, ow1) == (0, ow)
             covered += (n1 - n0) * (oh1 - oh0)
     assert covered == n * oh
@@ -68,7 +68,7 @@ def test_chunk_planning_for_a_batch_past_2_to_the_31_elements():
 def test_chunks_split_rows_and_then_columns_and_cover_every_output_once(n, oh, ow, budget):
     column_bytes = 40
     seen = np.zeros((n, oh, ow), int)
-    for n0, n1, oh0, oh1, ow0, ow1 in conv._chunks(0, n, oh, ow, column_bytes, budget):
+    for n0, n1, oh0, oh1, ow0, ow1 in runtime.blocks(0, n, oh, ow, column_bytes, budget):
         assert (n1 - n0) * (oh1 - oh0) * (ow1 - ow0) * column_bytes <= max(budget, column_bytes)
         assert ow1 - ow0 == ow or (n1 - n0, oh1 - oh0) == (1, 1)  # partial rows only one row at a time
         seen[n0:n1, oh0:oh1, ow0:ow1] += 1

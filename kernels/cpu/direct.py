@@ -1,0 +1,181 @@
+"""CPU conv2d computed directly, for few input channels: 3x3 filters, stride 1, no dilation, any padding.
+
+With C = 1 (the first layer of an image model) im2col's GEMM has an inner dimension of 9:
+it writes a column matrix 9 times the input and then streams it through a GEMM that
+cannot reach BLAS speed. Here each output row is one vectorized loop over the row,
+summing its 9 taps per channel from three rows of a zero-padded copy of the image:
+every output is written once, and nothing larger than one padded image is built.
+
+The weight gradient of such a layer is one small GEMM per image, ``dy[n] (K x P) @
+col[n]ᵀ (P x 9C)``, over the image's own column matrix (P = OH*OW): dy is read where it
+lies, in NCHW, with no copy into a column layout.
+
+Layouts: x NCHW, weight KCRS. Deterministic: fixed summation orders; per-image partial
+sums of the weight gradient are added in image order.
+"""
+import numpy as np
+from numba import njit
+
+from . import runtime
+from .runtime import JIT, fill_zero
+
+_u = np.uint64  # unsigned indices: no negative-index wraparound code in the loops
+
+
+def applies(weight_shape, stride, dilation):
+    """The direct kernels compute this conv: 3x3 filters, stride 1, no dilation."""
+    return tuple(weight_shape[2:]) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+
+
+def scratch_bytes(C, out_hw, itemsize):
+    """Scratch per worker of the larger pass (the weight gradient's padded image and column matrix)."""
+    OH, OW = out_hw
+    return itemsize * (C * (OH + 2) * (OW + 2) + 9 * C * OH * OW + 2)
+
+
+@njit(inline="always")
+def _pad_image(x, n, top, left, padded):
+    """padded[c, i, j] = x[n, c, i - top, j - left], 0 outside x."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    PH, PW = padded.shape[1], padded.shape[2]
+    for c in range(C):
+        for i in range(PH):
+            row = padded[c, i]
+            h = i - top
+            if h < 0 or h >= H:
+                fill_zero(row, 0, PW)
+                continue
+            lo, hi = max(0, left), min(PW, W + left)
+            fill_zero(row, 0, lo)
+            fill_zero(row, max(hi, lo), PW)
+            src = x[n, c, h]
+            for j in range(lo, hi):
+                row[j] = src[j - left]
+
+
+@njit(**JIT)
+def _forward(x, weight, bias, use_bias, relu, y, n0, n1, top, left, padded, plane):
+    """y[n] = relu?(Σ_c Σ_rs w[k, c, r, s] x[n, c, oh + r - top, ow + s - left] + b[k]) for images [n0, n1).
+
+    padded: scratch of C * (OH + 2) * (OW + 2) + 2 elements; plane: scratch of OH * (OW + 2).
+    Outputs are first computed over the padded image's width, so that tap (r, s) of output p is
+    element p + r*(OW + 2) + s of the flat padded channel: one long loop per plane and channel
+    (loops over 28-wide rows ran mostly in their scalar remainder); the two extra columns per
+    row are dropped when the plane is stored.
+    """
+    C, K, OH, OW = x.shape[1], y.shape[1], y.shape[2], y.shape[3]
+    PW = OW + 2
+    size = OH * PW
+    zero = y.dtype.type(0)
+    flat = padded
+    flat[C * (OH + 2) * PW:] = 0  # the 2 spare elements: read only by the last row's dropped columns
+    for n in range(n0, n1):
+        _pad_image(x, n, top, left, padded[:C * (OH + 2) * PW].reshape(C, OH + 2, PW))
+        for k in range(K):
+            b = bias[k] if use_bias else zero
+            if C == 0:
+                fill_zero(plane, 0, size)
+            for c in range(C):
+                w = weight[k, c]
+                w00, w01, w02, w10, w11, w12, w20, w21, w22 = (w[0, 0], w[0, 1], w[0, 2], w[1, 0], w[1, 1],
+                                                               w[1, 2], w[2, 0], w[2, 1], w[2, 2])
+                start = c * (OH + 2) * PW
+                r0, r1, r2 = flat[start:start + size + 2], flat[start + PW:start + PW + size + 2], \
+                    flat[start + 2 * PW:start + 2 * PW + size + 2]
+                if c == 0:  # the first channel writes, the others add
+                    for p in range(size):
+                        plane[p] = (w00 * r0[p] + w01 * r0[p + 1] + w02 * r0[p + 2]
+                                    + w10 * r1[p] + w11 * r1[p + 1] + w12 * r1[p + 2]
+                                    + w20 * r2[p] + w21 * r2[p + 1] + w22 * r2[p + 2])
+                else:
+                    for p in range(size):
+                        plane[p] += (w00 * r0[p] + w01 * r0[p + 1] + w02 * r0[p + 2]
+                                     + w10 * r1[p] + w11 * r1[p + 1] + w12 * r1[p + 2]
+                                     + w20 * r2[p] + w21 * r2[p + 1] + w22 * r2[p + 2])
+            ys = y.reshape(-1)
+            for oh in range(OH):
+                dst = (n * K + k) * OH * OW + oh * OW
+                for j in range(OW):
+                    v = plane[_u(oh * PW + j)] + b
+                    ys[_u(dst + j)] = (zero if v <= 0 else v) if relu else v  # NaN is not <= 0: it propagates
+
+
+def conv2d_forward(x, weight, bias, padding, relu, out_shape):
+    """y (out_shape: N, K, OH, OW) = relu?(3x3 stride-1 correlation of x (N, C, H, W) with weight + bias)."""
+    N, C = x.shape[:2]
+    K = out_shape[1]
+    OH, OW = out_shape[2:]
+    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    use_bias = bias is not None
+    bias = np.ascontiguousarray(bias) if use_bias else np.zeros(1, x.dtype)
+    y = np.empty(out_shape, x.dtype)
+    top, left = padding[0][0], padding[1][0]
+
+    def work(n0, n1):
+        size = C * (OH + 2) * (OW + 2)
+        buf = runtime.scratch(size + 2 + OH * (OW + 2), x.dtype)
+        padded = buf[:size + 2]
+        _forward(x, weight, bias, use_bias, relu, y, n0, n1, top, left, padded, buf[size + 2:])
+
+    runtime.run_units(work, _units(N, K * OH * OW), uses_blas=False)
+    return y
+
+
+@njit(**JIT)
+def _image_columns(x, n, top, left, padded, col):
+    """col[c*9 + r*3 + s, oh*OW + ow] = x[n, c, oh + r - top, ow + s - left] (0 outside x): one image's im2col."""
+    C = x.shape[1]
+    OW = padded.shape[2] - 2
+    OH = padded.shape[1] - 2
+    _pad_image(x, n, top, left, padded)
+    for c in range(C):
+        for r in range(3):
+            for s in range(3):
+                dst = col[(c * 3 + r) * 3 + s]
+                for oh in range(OH):
+                    src = padded[c, oh + r, s:s + OW]
+                    out = dst[oh * OW:(oh + 1) * OW]
+                    for j in range(OW):
+                        out[j] = src[j]
+
+
+@njit(**JIT)
+def _weight_gradient(dy, x, n0, n1, top, left, padded, col, partial):
+    """partial (K, 9C) += Σ over images [n0, n1) of dy[n] (K x P) @ col[n]ᵀ, in image order."""
+    K = dy.shape[1]
+    P = dy.shape[2] * dy.shape[3]
+    product = np.empty_like(partial)
+    for n in range(n0, n1):
+        _image_columns(x, n, top, left, padded, col)
+        np.dot(dy[n].reshape(K, P), col.T, product)
+        for i in range(partial.shape[0]):
+            for j in range(partial.shape[1]):
+                partial[i, j] += product[i, j]
+
+
+def conv2d_backward_weight(dy, x, weight_shape, padding):
+    """dweight (K, C, 3, 3): per image, dy[n] (K x P) @ col[n]ᵀ, summed over images in order."""
+    N, C = x.shape[:2]
+    K, OH, OW = dy.shape[1:]
+    x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
+    top, left = padding[0][0], padding[1][0]
+
+    def work(n0, n1):
+        buf = runtime.scratch(C * (OH + 2) * (OW + 2) + 9 * C * OH * OW, x.dtype)
+        padded = buf[:C * (OH + 2) * (OW + 2)].reshape(C, OH + 2, OW + 2)
+        col = buf[C * (OH + 2) * (OW + 2):].reshape(9 * C, OH * OW)
+        partial = np.zeros((K, 9 * C), x.dtype)
+        _weight_gradient(dy, x, n0, n1, top, left, padded, col, partial)
+        return partial
+
+    total = np.zeros((K, 9 * C), x.dtype)
+    for partial in runtime.run_units(work, _units(N, K * OH * OW)):  # fixed order: deterministic
+        total += partial
+    return total.reshape(weight_shape)
+
+
+def _units(N, per_image):
+    """One contiguous image range per worker; small batches stay on the calling thread."""
+    parts = min(runtime.workers(), N, max(1, N * per_image // runtime.PARALLEL_MIN_ELEMENTS))
+    bounds = [N * i // parts for i in range(parts + 1)] if parts else []
+    return list(zip(bounds[:-1], bounds[1:]))
