@@ -6,6 +6,8 @@ and keep that backend for their backward pass.
 """
 from __future__ import annotations
 
+import weakref
+
 from gpuconv import backend
 from gpuconv._types import ArrayLike, Pair, Padding, Shape
 from gpuconv.backend import array_module
@@ -14,20 +16,46 @@ from gpuconv.geometry import (as_pair, check_extent_fits, check_float_array, che
 from gpuconv.tensor import Function, Tensor, as_tensor
 
 
+# ----------------------------------------------------------------------------- ReLU masks across ops
+# A max-pool over a ReLU's output (the conv's fused ReLU, or relu()) zeroes, on its small pooled
+# gradient, what the ReLU's backward would zero (a window's maximum is <= 0 exactly where the ReLU's
+# gradient is 0 at its argmax), and its input gradient is then already masked. When the pool is the
+# ReLU output's only consumer, that array reaches the ReLU's backward as it left the pool, which then
+# skips its own pass over the full-size gradient. Gradients of several consumers are summed into a
+# new array first, which is masked as usual.
+
+_masked_for: dict = {}  # id(gradient array) -> (weak reference to it, id of the ReLU output it is masked for)
+
+
+def _mark_masked(grad, relu_output):
+    key = id(grad)
+    _masked_for[key] = (weakref.ref(grad, lambda _, key=key: _masked_for.pop(key, None)), id(relu_output))
+
+
+def _is_masked(grad, relu_output):
+    entry = _masked_for.get(id(grad))
+    return entry is not None and entry[0]() is grad and entry[1] == id(relu_output)
+
+
+def _is_relu_output(t):
+    """Whether Tensor t is the output of a ReLU (relu(), or a conv with its fused ReLU), with a graph."""
+    return isinstance(t._ctx, ReLU) or (isinstance(t._ctx, Conv2d) and t._ctx.relu)
+
+
 class Conv2d(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, relu):
         kern = ctx.kernels = backend.kernels()
         y = kern.conv2d_forward(x, weight, bias, stride, padding, dilation, relu=relu)
         ctx.save_for_backward(x, weight, y if relu else None)
-        ctx.geometry = stride, padding, dilation
+        ctx.geometry, ctx.relu = (stride, padding, dilation), relu
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, y = ctx.saved_tensors
         kern = ctx.kernels
-        if y is not None:  # fused ReLU
+        if y is not None and not _is_masked(dy, y):  # fused ReLU
             dy = kern.relu_backward(dy, y)
         needs_x, needs_w, needs_b = ctx.needs_input_grad
         dx = kern.conv2d_backward_input(dy, weight, x.shape, *ctx.geometry) if needs_x else None
@@ -38,17 +66,24 @@ class Conv2d(Function):
 
 class Pool2d(Function):
     @staticmethod
-    def forward(ctx, x, mode, pool, stride, padding):
+    def forward(ctx, x, mode, pool, stride, padding, relu_input=False):
+        """``relu_input``: x is a ReLU's output, so a max-pool's gradient can carry the ReLU's mask (see above)."""
         kern = ctx.kernels = backend.kernels()
         y, argmax = kern.pool2d_forward(x, mode, pool, stride, padding)
-        ctx.save_for_backward(argmax)
+        ctx.mask_input = x if relu_input and mode == "max" else None
+        ctx.save_for_backward(argmax, y if ctx.mask_input is not None else None)
         ctx.params = x.shape, mode, pool, stride, padding
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        (argmax,) = ctx.saved_tensors
-        return (ctx.kernels.pool2d_backward(dy, argmax, *ctx.params),)
+        argmax, y = ctx.saved_tensors
+        if ctx.mask_input is None:
+            return (ctx.kernels.pool2d_backward(dy, argmax, *ctx.params),)
+        dy = ctx.kernels.relu_backward(dy, y)  # windows whose maximum is <= 0 (or NaN) pass no gradient
+        dx = ctx.kernels.pool2d_backward(dy, argmax, *ctx.params)
+        _mark_masked(dx, ctx.mask_input)
+        return (dx,)
 
 
 class ReLU(Function):
@@ -62,7 +97,7 @@ class ReLU(Function):
     @staticmethod
     def backward(ctx, dy):
         (y,) = ctx.saved_tensors
-        return (ctx.kernels.relu_backward(dy, y),)
+        return (dy if _is_masked(dy, y) else ctx.kernels.relu_backward(dy, y),)
 
 
 def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: Pair = 1, padding: Padding = 0,
@@ -145,7 +180,7 @@ def _pool2d(x, mode, pool_size, strides, padding):
     backend.kernels().check_array(x.data, "x")
     check_float_array(x.data, "x", 4, "NCHW")
     pool, stride, pads, _ = _pool_geometry(x.shape, pool_size, strides, padding)
-    return Pool2d.apply(x, mode=mode, pool=pool, stride=stride, padding=pads)
+    return Pool2d.apply(x, mode=mode, pool=pool, stride=stride, padding=pads, relu_input=_is_relu_output(x))
 
 
 def _pool_geometry(x_shape, pool_size, strides, padding):

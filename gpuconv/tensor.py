@@ -23,13 +23,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import operator
 import weakref
 from typing import Any
 
 import numpy as np
 
 from gpuconv._types import ArrayLike
-from gpuconv.backend import array_module, to_host
+from gpuconv.backend import array_module, optional_kernel, to_host
 
 # Per thread (and async task): a new thread starts with recording on, whatever other threads do.
 _grad_enabled = contextvars.ContextVar("gpuconv_grad_enabled", default=True)
@@ -399,13 +400,14 @@ class MatMul(Function):
         if a.ndim < 2 or b.ndim < 2:
             raise ValueError(f"matmul needs operands of at least 2 dimensions, got shapes {a.shape} and {b.shape}")
         ctx.save_for_backward(a, b)
-        return a @ b
+        ctx.matmul = optional_kernel("matmul", a) or operator.matmul  # the CPU's splits large products over its cores
+        return ctx.matmul(a, b)
 
     @staticmethod
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
-        return (_unbroadcast(grad @ b.swapaxes(-1, -2), a.shape),
-                _unbroadcast(a.swapaxes(-1, -2) @ grad, b.shape))
+        return (_unbroadcast(ctx.matmul(grad, b.swapaxes(-1, -2)), a.shape),
+                _unbroadcast(ctx.matmul(a.swapaxes(-1, -2), grad), b.shape))
 
 
 class Reshape(Function):

@@ -9,7 +9,8 @@ turns it off).
 import numpy as np
 
 from . import runtime
-from .optim import adam_update  # noqa: F401  (optional: gpuconv.backend.optional_kernel)
+from .matmul import matmul  # noqa: F401  (optional kernels: see gpuconv.backend.optional_kernel)
+from .optim import adam_update  # noqa: F401
 from .conv import conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, conv2d_forward  # noqa: F401
 from .pool import pool2d_backward, pool2d_forward  # noqa: F401
 from .relu import relu_backward, relu_forward  # noqa: F401
