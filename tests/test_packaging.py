@@ -18,7 +18,8 @@ gpuconv/nn/__init__.py gpuconv/nn/callbacks.py gpuconv/nn/layers.py gpuconv/nn/l
 gpuconv/nn/optimizers.py gpuconv/nn/saving.py
 gpuconv/kernels/__init__.py gpuconv/kernels/api.py gpuconv/kernels/indexing.py
 gpuconv/kernels/cpu/__init__.py gpuconv/kernels/cpu/backend.py gpuconv/kernels/cpu/conv.py gpuconv/kernels/cpu/pool.py
-gpuconv/kernels/cpu/relu.py gpuconv/kernels/cpu/runtime.py
+gpuconv/kernels/cpu/relu.py gpuconv/kernels/cpu/runtime.py gpuconv/kernels/cpu/winograd.py gpuconv/kernels/cpu/direct.py
+gpuconv/kernels/cpu/matmul.py gpuconv/kernels/cpu/optim.py
 gpuconv/kernels/gpu/__init__.py gpuconv/kernels/gpu/ops.py gpuconv/kernels/gpu/tiling.py
 gpuconv/kernels/numba_cuda/__init__.py gpuconv/kernels/numba_cuda/backend.py gpuconv/kernels/numba_cuda/runtime.py
 gpuconv/kernels/numba_cuda/conv.py gpuconv/kernels/numba_cuda/weight_grad.py gpuconv/kernels/numba_cuda/reduce.py

@@ -122,7 +122,7 @@ def safe(*arrays, terms):
         if not np.isfinite(top):
             return False
         bound *= max(top, 1.0)
-    return bound * terms * 64 < np.finfo(arrays[0].dtype).max / 64
+    return bound * terms * 64 < float(np.finfo(arrays[0].dtype).max) / 64
 
 
 def max_magnitude(a):
@@ -131,18 +131,19 @@ def max_magnitude(a):
     if a.size == 0:
         return 0.0
     bits = a.view(np.int32 if a.dtype == np.float32 else np.int64)
-    top = np.array([_max_abs_bits(bits)], bits.dtype).view(a.dtype)[0]
+    no_sign = bits.dtype.type(np.iinfo(bits.dtype).max)  # every bit but the sign
+    top = np.array([_max_abs_bits(bits, no_sign)], bits.dtype).view(a.dtype)[0]
     return float(top) if np.isfinite(top) else float("inf")  # NaN bits sort above inf's
 
 
 @njit(**JIT)
-def _max_abs_bits(bits):
-    """max over ``bits`` (a float array's bits as signed ints) of the bits without the sign: for floats
-    that is max |value|, and NaN/inf come out at or above inf's bits. Integer max vectorizes; float max did not."""
-    mask = ~(bits.dtype.type(1) << (bits.itemsize * 8 - 1))
+def _max_abs_bits(bits, no_sign):
+    """max over ``bits`` (a float array's bits as signed ints) of ``bits & no_sign``, the bits without the
+    sign: for floats that is max |value|, and NaN/inf come out at or above inf's bits. Integer max vectorizes;
+    float max did not."""
     top = bits.dtype.type(0)
     for i in range(bits.size):
-        top = max(top, bits[i] & mask)
+        top = max(top, bits[i] & no_sign)
     return top
 
 

@@ -75,9 +75,9 @@ def test_each_block_runs_without_threads_of_its_own(monkeypatch):
     seen = []
     real = runtime.run_units
 
-    def spy(work, units):
+    def spy(work, units, **options):
         seen.append((len(units), runtime.workers(), runtime._blas_users))
-        return real(work, units)
+        return real(work, units, **options)
 
     monkeypatch.setattr(runtime, "run_units", spy)
     image = np.random.default_rng(0).standard_normal((64, 64))

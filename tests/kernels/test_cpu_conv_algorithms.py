@@ -1,0 +1,166 @@
+"""The CPU conv algorithms (im2col, Winograd F(2x2, 3x3), direct) against float64 references, each forced
+by name, and the choice ``'auto'`` makes per pass.
+
+References are independent: scipy.signal (``reference.conv2d``) for the forward pass, float64 NumPy
+loops over the taps (``reference.conv2d_grads``) for the gradients.
+"""
+import numpy as np
+import pytest
+
+import reference as ref
+from gpuconv.kernels.cpu import backend as cpu, conv, winograd
+
+# (N, C, H, W, K, padding): odd and even sizes, 1-row and 1-column images, paddings of 0..3 and asymmetric
+WINOGRAD_CASES = [
+    ((2, 5, 9, 11, 4), ((1, 1), (1, 1))),
+    ((1, 4, 8, 7, 6), ((0, 0), (0, 0))),
+    ((3, 6, 5, 6, 4), ((0, 2), (1, 0))),
+    ((2, 4, 14, 14, 8), ((1, 1), (1, 1))),
+    ((1, 4, 3, 3, 4), ((2, 2), (2, 2))),
+    ((1, 5, 6, 5, 4), ((3, 1), (0, 3))),   # padding past the filter: outputs that see padding only
+    ((2, 4, 1, 9, 5), ((1, 1), (1, 1))),   # one input row
+    ((1, 4, 10, 1, 4), ((1, 1), (1, 1))),  # one input column
+]
+DIRECT_CASES = [
+    ((2, 1, 9, 11, 4), ((1, 1), (1, 1))),
+    ((3, 2, 8, 7, 3), ((0, 0), (0, 0))),
+    ((3, 3, 5, 6, 2), ((0, 2), (1, 0))),
+    ((2, 1, 28, 28, 5), ((1, 1), (1, 1))),
+    ((1, 1, 3, 3, 1), ((2, 2), (2, 2))),
+    ((1, 2, 4, 9, 3), ((3, 0), (2, 3))),
+]
+STRIDE1 = (1, 1)
+
+
+def _arrays(rng, shape, dtype):
+    N, C, H, W, K = shape
+    return (rng.standard_normal((N, C, H, W)).astype(dtype), rng.standard_normal((K, C, 3, 3)).astype(dtype),
+            rng.standard_normal(K).astype(dtype))
+
+
+def _tolerance(dtype, expected):
+    scale = max(1.0, float(np.abs(expected).max()))
+    return dict(rtol=0, atol=(1e-12 if dtype == np.float64 else 2e-5) * scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("workspace_bytes", [None, 3000])  # 3000: blocks of a few tiles, split rows and columns
+@pytest.mark.parametrize("shape,padding", WINOGRAD_CASES)
+def test_winograd_against_float64_references(rng, shape, padding, workspace_bytes, dtype):
+    x, w, b = _arrays(rng, shape, dtype)
+    options = dict(algorithm="winograd", workspace_bytes=workspace_bytes)
+    expected = ref.conv2d(x, w, b, STRIDE1, padding)
+    y = cpu.conv2d_forward(x, w, b, STRIDE1, padding, STRIDE1, **options)
+    assert y.dtype == dtype and y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, **_tolerance(dtype, expected))
+    y_relu = cpu.conv2d_forward(x, w, b, STRIDE1, padding, STRIDE1, relu=True, **options)
+    np.testing.assert_allclose(y_relu, np.maximum(expected, 0), **_tolerance(dtype, expected))
+    dy = rng.standard_normal(expected.shape).astype(dtype)
+    dx_ref, dw_ref, _ = ref.conv2d_grads(x, w, dy, STRIDE1, padding, STRIDE1)
+    dx = cpu.conv2d_backward_input(dy, w, x.shape, STRIDE1, padding, STRIDE1, **options)
+    dw = cpu.conv2d_backward_weight(dy, x, w.shape, STRIDE1, padding, STRIDE1, **options)
+    np.testing.assert_allclose(dx, dx_ref, **_tolerance(dtype, dx_ref))
+    np.testing.assert_allclose(dw, dw_ref, **_tolerance(dtype, dw_ref))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape,padding", DIRECT_CASES)
+def test_direct_against_float64_references(rng, shape, padding, dtype):
+    x, w, b = _arrays(rng, shape, dtype)
+    expected = ref.conv2d(x, w, b, STRIDE1, padding)
+    y = cpu.conv2d_forward(x, w, b, STRIDE1, padding, STRIDE1, algorithm="direct")
+    np.testing.assert_allclose(y, expected, **_tolerance(dtype, expected))
+    y_relu = cpu.conv2d_forward(x, w, None, STRIDE1, padding, STRIDE1, relu=True, algorithm="direct")
+    np.testing.assert_allclose(y_relu, ref.conv2d(x, w, None, STRIDE1, padding, relu=True),
+                               **_tolerance(dtype, expected))
+    dy = rng.standard_normal(expected.shape).astype(dtype)
+    _, dw_ref, _ = ref.conv2d_grads(x, w, dy, STRIDE1, padding, STRIDE1)
+    dw = cpu.conv2d_backward_weight(dy, x, w.shape, STRIDE1, padding, STRIDE1, algorithm="direct")
+    np.testing.assert_allclose(dw, dw_ref, **_tolerance(dtype, dw_ref))
+
+
+def test_direct_with_no_channels_gives_the_bias(rng):
+    y = cpu.conv2d_forward(np.zeros((2, 0, 5, 4)), np.zeros((3, 0, 3, 3)), np.array([1.0, -2.0, 3.0]), STRIDE1,
+                           ((1, 1), (1, 1)), STRIDE1, relu=True, algorithm="direct")
+    np.testing.assert_array_equal(y, np.broadcast_to(np.array([1.0, 0.0, 3.0])[None, :, None, None], (2, 3, 5, 4)))
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", ["x", "weight", "dy"])
+def test_winograd_leaves_non_finite_inputs_to_im2col(rng, bad, where):
+    """Winograd would mix an inf into its whole tile (NaN where the direct sum gives inf or a finite value):
+    with any NaN or inf in an input, the call gives exactly im2col's result."""
+    x, w, b = _arrays(rng, (2, 4, 7, 8, 5), np.float32)
+    padding = ((1, 1), (1, 1))
+    dy = rng.standard_normal((2, 5, 7, 8)).astype(np.float32)
+    {"x": x, "weight": w, "dy": dy}[where].reshape(-1)[17] = bad
+    passes = {  # the passes that read the bad input
+        "forward": (lambda a: cpu.conv2d_forward(x, w, b, STRIDE1, padding, STRIDE1, algorithm=a), ("x", "weight")),
+        "backward_input": (lambda a: cpu.conv2d_backward_input(dy, w, x.shape, STRIDE1, padding, STRIDE1, algorithm=a),
+                           ("dy", "weight")),
+        "backward_weight": (lambda a: cpu.conv2d_backward_weight(dy, x, w.shape, STRIDE1, padding, STRIDE1,
+                                                                 algorithm=a), ("dy", "x")),
+    }
+    for name, (run, reads) in passes.items():
+        if where in reads:
+            expected = run("im2col")
+            assert not np.isfinite(expected).all(), name
+            np.testing.assert_array_equal(run("winograd"), expected, err_msg=name)
+            np.testing.assert_array_equal(run("auto"), expected, err_msg=name)
+
+
+def test_winograd_safety_check_sees_every_kind_of_bad_value():
+    assert winograd.max_magnitude(np.array([1.0, -3.0, 2.0], np.float32)) == 3.0
+    assert winograd.max_magnitude(np.array([-7.5, 2.0])) == 7.5
+    for bad in (np.inf, -np.inf, np.nan):
+        assert winograd.max_magnitude(np.array([1.0, bad], np.float32)) == np.inf
+        assert not winograd.safe(np.array([1.0, bad]), np.ones(3), terms=9)
+    big = np.full(4, 1e30, np.float32)
+    assert not winograd.safe(big, big, terms=9)  # 1e60 overflows float32
+    assert winograd.safe(np.ones(4, np.float32), np.ones(4, np.float32), terms=10**6)
+
+
+@pytest.mark.parametrize("name,shape,expected", [
+    # (forward, backward-input, backward-weight) of the benchmark suite's layers and the MNIST model's
+    ("mnist_conv1", (128, 1, 28, 28, 32), ("direct", "im2col", "direct")),
+    ("mnist_conv2", (128, 32, 14, 14, 64), ("winograd", "winograd", "winograd")),
+    ("neu_conv1", (16, 1, 200, 200, 32), ("direct", "im2col", "direct")),
+    ("neu_conv3", (16, 64, 50, 50, 128), ("winograd", "winograd", "winograd")),
+    ("resnet_conv", (64, 64, 56, 56, 64), ("winograd", "winograd", "winograd")),
+])
+def test_the_algorithm_table(name, shape, expected):
+    N, C, H, W, K = shape
+    passes = ("forward", "backward_input", "backward_weight")
+    chosen = tuple(conv.choose_algorithm(p, (N, C, H, W), (K, C, 3, 3), STRIDE1, STRIDE1, (H, W)) for p in passes)
+    assert chosen == expected, name
+
+
+def test_the_algorithm_table_outside_winograd():
+    for weight_shape, stride, dilation in [((8, 8, 5, 5), (1, 1), (1, 1)), ((8, 8, 3, 3), (2, 2), (1, 1)),
+                                           ((8, 8, 3, 3), (1, 1), (2, 2)), ((8, 8, 3, 1), (1, 1), (1, 1))]:
+        assert conv.choose_algorithm("forward", (4, 8, 16, 16), weight_shape, stride, dilation, (12, 12)) == "im2col"
+    # an image whose scratch exceeds the workspace: im2col, which splits images into rows
+    assert conv.choose_algorithm("forward", (1, 1, 4000, 4000), (8, 1, 3, 3), STRIDE1, STRIDE1, (4000, 4000)) \
+        == "im2col"
+
+
+def test_forcing_an_algorithm_that_cannot_compute_the_conv_says_why(rng):
+    x, w, b = _arrays(rng, (1, 4, 8, 8, 4), np.float32)
+    with pytest.raises(ValueError, match="algorithm 'winograd' needs 3x3 filters, stride 1"):
+        cpu.conv2d_forward(x, w, b, (2, 2), ((1, 1), (1, 1)), STRIDE1, algorithm="winograd")
+    with pytest.raises(ValueError, match="'direct' has no backward-input pass"):
+        cpu.conv2d_backward_input(x, w, x.shape, STRIDE1, ((1, 1), (1, 1)), STRIDE1, algorithm="direct")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        cpu.conv2d_forward(x, w, b, STRIDE1, ((1, 1), (1, 1)), STRIDE1, algorithm="fft")
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "direct"])
+def test_fast_algorithms_are_deterministic(rng, algorithm):
+    x, w, b = _arrays(rng, (16, 2 if algorithm == "direct" else 8, 12, 12, 8), np.float32)
+    padding = ((1, 1), (1, 1))
+    dy = rng.standard_normal((16, 8, 12, 12)).astype(np.float32)
+    runs = [(cpu.conv2d_forward(x, w, b, STRIDE1, padding, STRIDE1, algorithm=algorithm),
+             cpu.conv2d_backward_weight(dy, x, w.shape, STRIDE1, padding, STRIDE1, algorithm=algorithm))
+            for _ in range(2)]
+    for first, second in zip(*runs):
+        np.testing.assert_array_equal(first, second)
