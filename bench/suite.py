@@ -14,8 +14,10 @@ SGEMM rate of each device.
 
 Method: the first call (JIT compile) is timed apart, then warm-up calls, then
 the median and interquartile range of ``--repeats`` timed calls over rotating
-input buffers; CUDA events on the GPU. Each result is checked against the CPU
-backend before it is timed. Output: bench/results/<device>-<date>/ with
+input buffers, the targets of an op interleaved (each repeat times every target
+once, so a slow spell of the machine falls on all alike); CUDA events on the GPU.
+Each result is checked against the CPU backend before it is timed. Output:
+bench/results/<device>-<date>/ with
 results.json, results.md, throughput.png and roofline.png.
 """
 import argparse
@@ -33,7 +35,7 @@ import gpuconv
 from gpuconv import backend
 
 from . import counts, report
-from .timing import CupyEvents, TorchEvents, WallClock, measure
+from .timing import CupyEvents, TorchEvents, WallClock, measure, measure_interleaved
 
 BUFFERS = 3  # rotating input sets: repeats do not find their inputs in cache
 STRIDE, PAD, DIL = (1, 1), ((1, 1), (1, 1)), (1, 1)
@@ -195,12 +197,13 @@ def relative_error(got, want):
 
 
 def run_shape(shape_name, shape, ops, targets, repeats, warmup, rng, progress):
-    """Rows for every (op, target) on one shape, each checked against the CPU backend first."""
+    """Rows for every (op, target) on one shape, each checked against the CPU backend first, the targets of an
+    op timed interleaved (``measure_interleaved``)."""
     sets = [host_inputs(shape, rng) for _ in range(BUFFERS)]
     cpu = gpuconv_target("cpu")
     cpu_inputs = cpu.to_device(sets[0])
     expected = {op: np.asarray(first_array(cpu.ops[op](cpu_inputs))) for op in ops}
-    rows = []
+    prepared = []
     for target in targets:
         target_ops = [op for op in ops if op in target.ops]
         if target.name == "scipy" and shape[0] * shape[1] * shape[4] > SCIPY_MAX_CORRELATIONS:
@@ -210,17 +213,22 @@ def run_shape(shape_name, shape, ops, targets, repeats, warmup, rng, progress):
         if target.setup:
             target.setup()
         inputs = [target.to_device(s) for s in sets]
-        for op in target_ops:
+        errors = {op: relative_error(target.to_host(first_array(target.ops[op](inputs[0]))), expected[op])
+                  for op in target_ops}
+        prepared.append((target, inputs, errors))
+    rows = []
+    for op in ops:
+        timed = [(target, inputs, errors[op]) for target, inputs, errors in prepared if op in errors]
+        for target, _, _ in timed:
             progress(f"{shape_name} {op} {target.name}")
-            fn = target.ops[op]
-            error = relative_error(target.to_host(first_array(fn(inputs[0]))), expected[op])
+        entries = [([lambda a=a, fn=target.ops[op]: fn(a) for a in inputs], target.timer, target.setup)
+                   for target, inputs, _ in timed]
+        for (target, _, error), summary in zip(timed, measure_interleaved(entries, repeats, warmup)):
             row = dict(op=op, shape=shape_name, dims=list(shape), target=target.name, kind=target.kind,
                        device=target.device, precision=target.precision, rel_error=error,
-                       correct=error <= TOLERANCE[target.precision],
-                       **measure([lambda a=a: fn(a) for a in inputs], target.timer, repeats, warmup))
+                       correct=error <= TOLERANCE[target.precision], **summary)
             row["flops"], row["bytes"] = counts.op_work(op, shape)
             rows.append(row)
-        del inputs
     return rows
 
 

@@ -69,3 +69,40 @@ def measure(calls, timer, repeats, warmup):
     q25, median, q75 = np.percentile(times, [25, 50, 75])
     return dict(first_call_s=first, median_s=float(median), q25_s=float(q25), q75_s=float(q75),
                 min_s=float(min(times)), repeats=len(times))
+
+
+def measure_interleaved(entries, repeats, warmup):
+    """``measure`` for several targets at once: each repeat times every target once, in an order that rotates
+    from repeat to repeat, so a slow spell of the machine falls on all of them alike.
+
+    ``entries``: ``(calls, timer, setup)`` per target (``setup`` None or run before each of its calls).
+    Returns one summary per entry, as ``measure`` gives.
+    """
+    def run(entry, call):
+        calls, timer, setup = entry
+        if setup:
+            setup()
+        return timer(call)
+
+    firsts, times = [], [[] for _ in entries]
+    for calls, timer, setup in entries:
+        if setup:
+            setup()
+        start = time.perf_counter()
+        calls[0]()
+        timer.synchronize()
+        firsts.append(time.perf_counter() - start)
+        for i in range(warmup):
+            calls[i % len(calls)]()
+        timer.synchronize()
+    for i in range(max(1, repeats)):
+        for j in range(len(entries)):
+            k = (i + j) % len(entries)
+            calls = entries[k][0]
+            times[k].append(run(entries[k], calls[i % len(calls)]))
+    summaries = []
+    for first, samples in zip(firsts, times):
+        q25, median, q75 = np.percentile(samples, [25, 50, 75])
+        summaries.append(dict(first_call_s=first, median_s=float(median), q25_s=float(q25), q75_s=float(q75),
+                              min_s=float(min(samples)), repeats=len(samples)))
+    return summaries

@@ -100,6 +100,107 @@ def _forward(x, weight, bias, use_bias, relu, y, n0, n1, top, left, padded, plan
                     ys[_u(dst + j)] = (zero if v <= 0 else v) if relu else v  # NaN is not <= 0: it propagates
 
 
+@njit(inline="always")
+def _taps(w00, w01, w02, w10, w11, w12, w20, w21, w22, r0, r1, r2, j):
+    """The 9-tap sum of one output from three input rows, in the one order every path uses."""
+    return (w00 * r0[j] + w01 * r0[j + 1] + w02 * r0[j + 2] + w10 * r1[j] + w11 * r1[j + 1] + w12 * r1[j + 2]
+            + w20 * r2[j] + w21 * r2[j + 1] + w22 * r2[j + 2])
+
+
+@njit(**JIT)
+def _forward_same_width(x, weight, bias, use_bias, relu, y, n0, n1, top, stacked):
+    """As _forward for outputs as wide as the input (padding 1 left and right), written straight into y.
+
+    ``stacked`` (scratch (3, C, (OH + 2) * W + 2)) holds each channel's rows with zero rows above and
+    below and one zero before and after, so that tap (r, s) of output p = oh*W + ow is element
+    p + r*W + s: the whole plane in one loop. Reading past a row's end lands on the neighbouring
+    row, where the padding column should be: copy s = 0, read by the left taps, has each row's last
+    column zeroed, and copy s = 2 its first column, so those reads find the padding's zero.
+    """
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    K, OH = y.shape[1], y.shape[2]
+    size = OH * W
+    rows = (OH + 2) * W + 2
+    zero = y.dtype.type(0)
+    ys = y.reshape(-1)
+    for n in range(n0, n1):
+        for s in range(3):
+            for c in range(C):  # the channel's rows between zero rows
+                flat = stacked[s, c]
+                flat[0] = 0
+                flat[rows - 1] = 0
+                for i in range(OH + 2):
+                    h = i - top
+                    dst = flat[1 + i * W:1 + (i + 1) * W]
+                    if 0 <= h < H:
+                        src = x[n, c, h]
+                        for j in range(W):
+                            dst[j] = src[j]
+                    else:
+                        fill_zero(dst, 0, W)
+                    if s == 0:
+                        dst[W - 1] = 0
+                    elif s == 2:
+                        dst[0] = 0
+        for k in range(K):
+            b = bias[k] if use_bias else zero
+            plane = ys[(n * K + k) * size:(n * K + k + 1) * size]
+            for c in range(C):
+                w = weight[k, c]
+                w00, w01, w02, w10, w11, w12, w20, w21, w22 = (w[0, 0], w[0, 1], w[0, 2], w[1, 0], w[1, 1],
+                                                               w[1, 2], w[2, 0], w[2, 1], w[2, 2])
+                # tap (r, s): copy s from p + r*W, as nine views: indices with a run-time offset (p + W)
+                # kept the loop scalar (9x slower)
+                left, middle, right = stacked[0, c], stacked[1, c], stacked[2, c]
+                l0, l1, l2 = left[0:size], left[W:W + size], left[2 * W:2 * W + size]
+                m0, m1, m2 = middle[1:size + 1], middle[W + 1:W + size + 1], middle[2 * W + 1:2 * W + size + 1]
+                r0, r1, r2 = right[2:size + 2], right[W + 2:W + size + 2], right[2 * W + 2:2 * W + size + 2]
+                if C == 1:  # the only channel: taps, bias and ReLU in one loop
+                    _plane_taps_bias(plane, l0, m0, r0, l1, m1, r1, l2, m2, r2, w00, w01, w02, w10, w11, w12, w20,
+                                     w21, w22, b, relu)
+                    continue
+                _plane_taps(plane, l0, m0, r0, l1, m1, r1, l2, m2, r2, w00, w01, w02, w10, w11, w12, w20, w21, w22,
+                            c > 0)
+            if C == 1:
+                continue
+            if relu:  # branch-free loops only: a test inside the tap loop kept it scalar (8x slower)
+                for p in range(size):
+                    v = plane[p] + b
+                    plane[p] = zero if v <= 0 else v  # NaN is not <= 0, so it propagates
+            else:
+                for p in range(size):
+                    plane[p] += b
+
+
+@njit(inline="always")
+def _plane_taps_bias(plane, t00, t01, t02, t10, t11, t12, t20, t21, t22, w00, w01, w02, w10, w11, w12, w20, w21,
+                     w22, b, relu):
+    """plane = relu?(Σ w_rs * t_rs + b): a single channel's taps with the bias and the ReLU."""
+    zero = plane.dtype.type(0)
+    if relu:
+        for p in range(plane.size):
+            v = (w00 * t00[p] + w01 * t01[p] + w02 * t02[p] + w10 * t10[p] + w11 * t11[p] + w12 * t12[p]
+                 + w20 * t20[p] + w21 * t21[p] + w22 * t22[p]) + b
+            plane[p] = zero if v <= 0 else v  # NaN is not <= 0, so it propagates
+    else:
+        for p in range(plane.size):
+            plane[p] = (w00 * t00[p] + w01 * t01[p] + w02 * t02[p] + w10 * t10[p] + w11 * t11[p] + w12 * t12[p]
+                        + w20 * t20[p] + w21 * t21[p] + w22 * t22[p]) + b
+
+
+@njit(inline="always")
+def _plane_taps(plane, t00, t01, t02, t10, t11, t12, t20, t21, t22, w00, w01, w02, w10, w11, w12, w20, w21, w22, add):
+    """plane (+)= Σ w_rs * t_rs, t_rs the input under tap (r, s) of every output, one channel."""
+    if add:
+        for p in range(plane.size):
+            plane[p] += (w00 * t00[p] + w01 * t01[p] + w02 * t02[p] + w10 * t10[p] + w11 * t11[p] + w12 * t12[p]
+                         + w20 * t20[p] + w21 * t21[p] + w22 * t22[p])
+    else:
+        for p in range(plane.size):
+            plane[p] = (w00 * t00[p] + w01 * t01[p] + w02 * t02[p] + w10 * t10[p] + w11 * t11[p] + w12 * t12[p]
+                        + w20 * t20[p] + w21 * t21[p] + w22 * t22[p])
+
+
 def conv2d_forward(x, weight, bias, padding, relu, out_shape):
     """y (out_shape: N, K, OH, OW) = relu?(3x3 stride-1 correlation of x (N, C, H, W) with weight + bias)."""
     N, C = x.shape[:2]
@@ -111,7 +212,13 @@ def conv2d_forward(x, weight, bias, padding, relu, out_shape):
     y = np.empty(out_shape, x.dtype)
     top, left = padding[0][0], padding[1][0]
 
+    same_width = OW == x.shape[3] and left == 1
+
     def work(n0, n1):
+        if same_width and C > 0:
+            stacked = runtime.scratch(3 * C * ((OH + 2) * OW + 2), x.dtype).reshape(3, C, (OH + 2) * OW + 2)
+            _forward_same_width(x, weight, bias, use_bias, relu, y, n0, n1, top, stacked)
+            return
         size = C * (OH + 2) * (OW + 2)
         buf = runtime.scratch(size + 2 + OH * (OW + 2), x.dtype)
         padded = buf[:size + 2]
