@@ -14,8 +14,9 @@ SGEMM rate of each device.
 
 Method: the first call (JIT compile) is timed apart, then warm-up calls, then
 the median and interquartile range of ``--repeats`` timed calls over rotating
-input buffers, the targets of an op interleaved (each repeat times every target
-once, so a slow spell of the machine falls on all alike); CUDA events on the GPU.
+input buffers, the targets of an op interleaved in rounds of a few calls each (a
+slow spell of the machine falls on all alike; each round starts after a pause, so
+no target's idle threads still spin); CUDA events on the GPU.
 Each result is checked against the CPU backend before it is timed. Output:
 bench/results/<device>-<date>/ with
 results.json, results.md, throughput.png and roofline.png.

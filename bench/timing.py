@@ -71,19 +71,20 @@ def measure(calls, timer, repeats, warmup):
                 min_s=float(min(times)), repeats=len(times))
 
 
-def measure_interleaved(entries, repeats, warmup):
-    """``measure`` for several targets at once: each repeat times every target once, in an order that rotates
-    from repeat to repeat, so a slow spell of the machine falls on all of them alike.
+SWITCH_PAUSE_S = 0.03  # longer than a thread pool's spin-wait (GNU OpenMP's is milliseconds), see below
 
-    ``entries``: ``(calls, timer, setup)`` per target (``setup`` None or run before each of its calls).
+
+def measure_interleaved(entries, repeats, warmup, block=5):
+    """``measure`` for several targets at once, in rounds: each round times ``block`` consecutive calls of every
+    target, in an order that rotates from round to round, so a slow spell of the machine falls on all alike.
+
+    Before each block the targets' thread pools are given ``SWITCH_PAUSE_S`` to go idle: a pool still
+    spinning after the previous target's call (PyTorch's OpenMP threads spin for milliseconds) would take
+    cores from the next one, which a run of one target at a time never sees.
+
+    ``entries``: ``(calls, timer, setup)`` per target (``setup`` None or run before each of its blocks).
     Returns one summary per entry, as ``measure`` gives.
     """
-    def run(entry, call):
-        calls, timer, setup = entry
-        if setup:
-            setup()
-        return timer(call)
-
     firsts, times = [], [[] for _ in entries]
     for calls, timer, setup in entries:
         if setup:
@@ -95,11 +96,17 @@ def measure_interleaved(entries, repeats, warmup):
         for i in range(warmup):
             calls[i % len(calls)]()
         timer.synchronize()
-    for i in range(max(1, repeats)):
+    repeats = max(1, repeats)
+    rounds = -(-repeats // block)
+    for r in range(rounds):
         for j in range(len(entries)):
-            k = (i + j) % len(entries)
-            calls = entries[k][0]
-            times[k].append(run(entries[k], calls[i % len(calls)]))
+            k = (r + j) % len(entries)
+            calls, timer, setup = entries[k]
+            if setup:
+                setup()
+            time.sleep(SWITCH_PAUSE_S)
+            for i in range(min(block, repeats - r * block)):
+                times[k].append(timer(calls[(r * block + i) % len(calls)]))
     summaries = []
     for first, samples in zip(firsts, times):
         q25, median, q75 = np.percentile(samples, [25, 50, 75])

@@ -14,11 +14,11 @@ sums per image range and then in a fixed order, so it is bit-identical run to ru
 Integer arithmetic in Numba is int64, so indices do not overflow past 2**31.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from ..indexing import output_hw
 from . import direct, runtime, winograd
-from .runtime import JIT, fill_zero, valid_output_range
+from .runtime import JIT, PARALLEL, fill_zero, valid_output_range
 
 
 # --------------------------------------------------------------------------- kernels
@@ -137,26 +137,74 @@ def _geometry(R, S, stride, padding, dilation):
 
 
 def _plan(N, OH, OW, rows_a, rows_b, dtype, workspace_bytes):
-    """Image ranges (one per worker) and, for each, its blocks of output columns with scratch matrices.
-
-    ``blocks(n0, n1)`` yields ``((n0, n1, oh0, oh1), a, b)`` where ``a`` is
-    ``(rows_a, columns)`` and ``b`` is ``(rows_b, columns)``, both carved from this
-    thread's reusable workspace and together within the per-worker budget.
-    """
+    """The blocks of output columns of every part (``runtime.plan_parts``) and a scratch row per part for
+    its largest block's ``(rows_a, columns)`` and ``(rows_b, columns)`` matrices."""
     column_bytes = max(1, np.dtype(dtype).itemsize * (rows_a + rows_b))  # 1: C = K = 0 still plans
-    budget = runtime.workspace_budget(workspace_bytes)
-    units = runtime.image_units(N, OH, OW, column_bytes, budget)
-    per_worker = max(1, budget // max(1, min(len(units), runtime.workers())))
+    blocks, starts, _ = runtime.plan_parts(N, OH, OW, column_bytes, runtime.workspace_budget(workspace_bytes))
+    columns = (blocks[:, 1] - blocks[:, 0]) * (blocks[:, 3] - blocks[:, 2]) * (blocks[:, 5] - blocks[:, 4])
+    need = max(1, (rows_a + rows_b) * int(columns.max(initial=0)))
+    parts = len(starts) - 1
+    return blocks, starts, runtime.scratch(parts * need, dtype).reshape(parts, need)
 
-    def blocks(a, b):
-        for block in runtime.blocks(a, b, OH, OW, column_bytes, per_worker):
-            n0, n1, oh0, oh1, ow0, ow1 = block
-            cols = (n1 - n0) * (oh1 - oh0) * (ow1 - ow0)
-            scratch = runtime.scratch((rows_a + rows_b) * cols, dtype)
-            yield (block, scratch[:rows_a * cols].reshape(rows_a, cols),
-                   scratch[rows_a * cols:].reshape(rows_b, cols))
 
-    return units, blocks
+@njit(inline="always")
+def _block_matrices(block, buf, rows_a, rows_b):
+    """A block's (rows_a, columns) and (rows_b, columns) matrices, carved from its part's scratch row."""
+    cols = (block[1] - block[0]) * (block[3] - block[2]) * (block[5] - block[4])
+    return buf[:rows_a * cols].reshape(rows_a, cols), buf[rows_a * cols:(rows_a + rows_b) * cols].reshape(rows_b, cols)
+
+
+@njit(inline="always")
+def _product(a, b, out):
+    """out = a @ b through BLAS; an empty inner dimension gives zeros (BLAS is not asked)."""
+    if a.shape[1] == 0:
+        out[:] = 0
+    elif out.size:
+        np.dot(a, b, out)
+
+
+@njit(**PARALLEL)
+def _forward_parts(x, w_mat, bias, use_bias, relu, y_rows, OW, geometry, blocks, starts, scratch):
+    R, S, sh, sw, pt, pl, dh, dw = geometry
+    K, CRS = w_mat.shape
+    for part in prange(scratch.shape[0]):
+        for i in range(starts[part], starts[part + 1]):
+            n0, n1, oh0, oh1, ow0, ow1 = blocks[i, 0], blocks[i, 1], blocks[i, 2], blocks[i, 3], blocks[i, 4], blocks[i, 5]
+            col, gemm_out = _block_matrices(blocks[i], scratch[part], CRS, K)
+            _im2col(x, col, n0, n1, oh0, oh1, ow0, ow1, R, S, sh, sw, pt, pl, dh, dw)
+            _product(w_mat, col, gemm_out)
+            _store_output(gemm_out, y_rows, bias, use_bias, relu, n0, n1, oh0, oh1, ow0, ow1, OW)
+
+
+@njit(**PARALLEL)
+def _backward_input_parts(dy_rows, w_mat_t, dx, OW, geometry, blocks, starts, scratch):
+    R, S, sh, sw, pt, pl, dh, dw = geometry
+    CRS, K = w_mat_t.shape
+    for part in prange(scratch.shape[0]):
+        for i in range(starts[part], starts[part + 1]):
+            n0, n1, oh0, oh1, ow0, ow1 = blocks[i, 0], blocks[i, 1], blocks[i, 2], blocks[i, 3], blocks[i, 4], blocks[i, 5]
+            dcol, dy_cols = _block_matrices(blocks[i], scratch[part], CRS, K)
+            _gather_columns(dy_rows, dy_cols, n0, n1, oh0, oh1, ow0, ow1, OW)
+            _product(w_mat_t, dy_cols, dcol)
+            _col2im_add(dcol, dx, n0, n1, oh0, oh1, ow0, ow1, R, S, sh, sw, pt, pl, dh, dw)
+
+
+@njit(**PARALLEL)
+def _backward_weight_parts(dy_rows, x, OW, geometry, blocks, starts, scratch, partials):
+    R, S, sh, sw, pt, pl, dh, dw = geometry
+    K, CRS = partials.shape[1], partials.shape[2]
+    for part in prange(scratch.shape[0]):
+        product = np.empty((K, CRS), partials.dtype)
+        total = partials[part]
+        for i in range(starts[part], starts[part + 1]):
+            n0, n1, oh0, oh1, ow0, ow1 = blocks[i, 0], blocks[i, 1], blocks[i, 2], blocks[i, 3], blocks[i, 4], blocks[i, 5]
+            col, dy_cols = _block_matrices(blocks[i], scratch[part], CRS, K)
+            _im2col(x, col, n0, n1, oh0, oh1, ow0, ow1, R, S, sh, sw, pt, pl, dh, dw)
+            _gather_columns(dy_rows, dy_cols, n0, n1, oh0, oh1, ow0, ow1, OW)
+            _product(dy_cols, col.T, product)
+            for k in range(K):
+                for j in range(CRS):
+                    total[k, j] += product[k, j]
 
 
 def _im2col_forward(x, weight, bias, stride, padding, dilation, relu, workspace_bytes):
@@ -169,17 +217,10 @@ def _im2col_forward(x, weight, bias, stride, padding, dilation, relu, workspace_
     use_bias = bias is not None
     bias = np.ascontiguousarray(bias) if use_bias else np.zeros(1, x.dtype)
     y = np.empty((N, K, OH, OW), x.dtype)
-    y_rows = y.reshape(N, K, OH * OW)
-    geometry = _geometry(R, S, stride, padding, dilation)
-    units, blocks = _plan(N, OH, OW, C * R * S, K, x.dtype, workspace_bytes)
-
-    def work(a, b):
-        for block, col, gemm_out in blocks(a, b):
-            _im2col(x, col, *block, *geometry)
-            np.matmul(w_mat, col, out=gemm_out)
-            _store_output(gemm_out, y_rows, bias, use_bias, relu, *block, OW)
-
-    runtime.run_units(work, units)
+    if y.size:
+        blocks, starts, scratch = _plan(N, OH, OW, C * R * S, K, x.dtype, workspace_bytes)
+        runtime.launch(_forward_parts, x, w_mat, bias, use_bias, relu, y.reshape(N, K, OH * OW), OW,
+                       _geometry(R, S, stride, padding, dilation), blocks, starts, scratch, blas=True)
     return y
 
 
@@ -188,19 +229,13 @@ def _im2col_backward_input(dy, weight, x_shape, stride, padding, dilation, works
     N, C, H, W = x_shape
     K, _, R, S = weight.shape
     OH, OW = dy.shape[2], dy.shape[3]
-    dy_rows = np.ascontiguousarray(dy).reshape(N, K, OH * OW)
-    w_mat_t = np.ascontiguousarray(weight).reshape(K, C * R * S).T
     dx = np.zeros(x_shape, dy.dtype)
-    geometry = _geometry(R, S, stride, padding, dilation)
-    units, blocks = _plan(N, OH, OW, C * R * S, K, dy.dtype, workspace_bytes)
-
-    def work(a, b):
-        for block, dcol, dy_cols in blocks(a, b):
-            _gather_columns(dy_rows, dy_cols, *block, OW)
-            np.matmul(w_mat_t, dy_cols, out=dcol)
-            _col2im_add(dcol, dx, *block, *geometry)
-
-    runtime.run_units(work, units)
+    if dx.size and dy.size:
+        dy_rows = np.ascontiguousarray(dy).reshape(N, K, OH * OW)
+        w_mat_t = np.ascontiguousarray(weight).reshape(K, C * R * S).T
+        blocks, starts, scratch = _plan(N, OH, OW, C * R * S, K, dy.dtype, workspace_bytes)
+        runtime.launch(_backward_input_parts, dy_rows, w_mat_t, dx, OW, _geometry(R, S, stride, padding, dilation),
+                       blocks, starts, scratch, blas=True)
     return dx
 
 
@@ -212,22 +247,16 @@ def _im2col_backward_weight(dy, x, weight_shape, stride, padding, dilation, work
     N = x.shape[0]
     K, C, R, S = weight_shape
     OH, OW = dy.shape[2], dy.shape[3]
-    x = np.ascontiguousarray(x)
-    dy_rows = np.ascontiguousarray(dy).reshape(N, K, OH * OW)
-    geometry = _geometry(R, S, stride, padding, dilation)
-    units, blocks = _plan(N, OH, OW, C * R * S, K, dy.dtype, workspace_bytes)
-
-    def work(a, b):
-        partial = np.zeros((K, C * R * S), dy.dtype)
-        for block, col, dy_cols in blocks(a, b):
-            _im2col(x, col, *block, *geometry)
-            _gather_columns(dy_rows, dy_cols, *block, OW)
-            partial += dy_cols @ col.T
-        return partial
-
     total = np.zeros((K, C * R * S), dy.dtype)
-    for partial in runtime.run_units(work, units):  # fixed order: deterministic
-        total += partial
+    if total.size and dy.size:
+        x = np.ascontiguousarray(x)
+        dy_rows = np.ascontiguousarray(dy).reshape(N, K, OH * OW)
+        blocks, starts, scratch = _plan(N, OH, OW, C * R * S, K, dy.dtype, workspace_bytes)
+        partials = np.zeros((scratch.shape[0], K, C * R * S), dy.dtype)
+        runtime.launch(_backward_weight_parts, dy_rows, x, OW, _geometry(R, S, stride, padding, dilation), blocks,
+                       starts, scratch, partials, blas=True)
+        for partial in partials:  # fixed order: deterministic
+            total += partial
     return total.reshape(weight_shape)
 
 

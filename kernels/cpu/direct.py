@@ -14,10 +14,10 @@ Layouts: x NCHW, weight KCRS. Deterministic: fixed summation orders; per-image p
 sums of the weight gradient are added in image order.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from . import runtime
-from .runtime import JIT, fill_zero
+from .runtime import JIT, PARALLEL, fill_zero, part_range
 
 _u = np.uint64  # unsigned indices: no negative-index wraparound code in the loops
 
@@ -201,30 +201,39 @@ def _plane_taps(plane, t00, t01, t02, t10, t11, t12, t20, t21, t22, w00, w01, w0
                         + w20 * t20[p] + w21 * t21[p] + w22 * t22[p])
 
 
+@njit(**PARALLEL)
+def _forward_parts(x, weight, bias, use_bias, relu, y, top, left, same_width, scratch):
+    """The forward pass over ``scratch.shape[0]`` contiguous image ranges, one row of ``scratch`` each."""
+    C, K, OH, OW = x.shape[1], y.shape[1], y.shape[2], y.shape[3]
+    parts = scratch.shape[0]
+    for part in prange(parts):
+        n0, n1 = part_range(x.shape[0], parts, part)
+        buf = scratch[part]
+        if same_width and C > 0:
+            _forward_same_width(x, weight, bias, use_bias, relu, y, n0, n1, top,
+                                buf[:3 * C * ((OH + 2) * OW + 2)].reshape(3, C, (OH + 2) * OW + 2))
+        else:
+            size = C * (OH + 2) * (OW + 2)
+            _forward(x, weight, bias, use_bias, relu, y, n0, n1, top, left, buf[:size + 2],
+                     buf[size + 2:size + 2 + OH * (OW + 2)])
+
+
 def conv2d_forward(x, weight, bias, padding, relu, out_shape):
     """y (out_shape: N, K, OH, OW) = relu?(3x3 stride-1 correlation of x (N, C, H, W) with weight + bias)."""
     N, C = x.shape[:2]
-    K = out_shape[1]
-    OH, OW = out_shape[2:]
+    K, OH, OW = out_shape[1:]
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
     use_bias = bias is not None
     bias = np.ascontiguousarray(bias) if use_bias else np.zeros(1, x.dtype)
     y = np.empty(out_shape, x.dtype)
+    if y.size == 0:
+        return y
     top, left = padding[0][0], padding[1][0]
-
     same_width = OW == x.shape[3] and left == 1
-
-    def work(n0, n1):
-        if same_width and C > 0:
-            stacked = runtime.scratch(3 * C * ((OH + 2) * OW + 2), x.dtype).reshape(3, C, (OH + 2) * OW + 2)
-            _forward_same_width(x, weight, bias, use_bias, relu, y, n0, n1, top, stacked)
-            return
-        size = C * (OH + 2) * (OW + 2)
-        buf = runtime.scratch(size + 2 + OH * (OW + 2), x.dtype)
-        padded = buf[:size + 2]
-        _forward(x, weight, bias, use_bias, relu, y, n0, n1, top, left, padded, buf[size + 2:])
-
-    runtime.run_units(work, _units(N, K * OH * OW), uses_blas=False)
+    need = max(3 * C * ((OH + 2) * OW + 2), C * (OH + 2) * (OW + 2) + 2 + OH * (OW + 2))
+    parts = runtime.parts(N, K * OH * OW)
+    scratch = runtime.scratch(parts * need, x.dtype).reshape(parts, need)
+    runtime.launch(_forward_parts, x, weight, bias, use_bias, relu, y, top, left, same_width, scratch)
     return y
 
 
@@ -260,29 +269,30 @@ def _weight_gradient(dy, x, n0, n1, top, left, padded, col, partial):
                 partial[i, j] += product[i, j]
 
 
+@njit(**PARALLEL)
+def _weight_gradient_parts(dy, x, top, left, scratch, partials):
+    """partials[part] = the weight gradient (K, 9C) of the part-th contiguous image range."""
+    C, OH, OW = x.shape[1], dy.shape[2], dy.shape[3]
+    parts = partials.shape[0]
+    for part in prange(parts):
+        n0, n1 = part_range(x.shape[0], parts, part)
+        buf = scratch[part]
+        padded = buf[:C * (OH + 2) * (OW + 2)].reshape(C, OH + 2, OW + 2)
+        col = buf[C * (OH + 2) * (OW + 2):].reshape(9 * C, OH * OW)
+        _weight_gradient(dy, x, n0, n1, top, left, padded, col, partials[part])
+
+
 def conv2d_backward_weight(dy, x, weight_shape, padding):
     """dweight (K, C, 3, 3): per image, dy[n] (K x P) @ col[n]ᵀ, summed over images in order."""
     N, C = x.shape[:2]
     K, OH, OW = dy.shape[1:]
     x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
-    top, left = padding[0][0], padding[1][0]
-
-    def work(n0, n1):
-        buf = runtime.scratch(C * (OH + 2) * (OW + 2) + 9 * C * OH * OW, x.dtype)
-        padded = buf[:C * (OH + 2) * (OW + 2)].reshape(C, OH + 2, OW + 2)
-        col = buf[C * (OH + 2) * (OW + 2):].reshape(9 * C, OH * OW)
-        partial = np.zeros((K, 9 * C), x.dtype)
-        _weight_gradient(dy, x, n0, n1, top, left, padded, col, partial)
-        return partial
-
+    parts = runtime.parts(N, K * OH * OW)
+    need = C * (OH + 2) * (OW + 2) + 9 * C * OH * OW
+    scratch = runtime.scratch(parts * need, x.dtype).reshape(parts, need)
+    partials = np.zeros((parts, K, 9 * C), x.dtype)
+    runtime.launch(_weight_gradient_parts, dy, x, padding[0][0], padding[1][0], scratch, partials, blas=True)
     total = np.zeros((K, 9 * C), x.dtype)
-    for partial in runtime.run_units(work, _units(N, K * OH * OW)):  # fixed order: deterministic
+    for partial in partials:  # fixed order: deterministic
         total += partial
     return total.reshape(weight_shape)
-
-
-def _units(N, per_image):
-    """One contiguous image range per worker; small batches stay on the calling thread."""
-    parts = min(runtime.workers(), N, max(1, N * per_image // runtime.PARALLEL_MIN_ELEMENTS))
-    bounds = [N * i // parts for i in range(parts + 1)] if parts else []
-    return list(zip(bounds[:-1], bounds[1:]))

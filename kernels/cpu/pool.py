@@ -10,11 +10,11 @@ Branches: max-pool's comparison is written so it compiles to a select; as a
 branch on random data it mispredicted and cost 3-6x.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from ..indexing import output_hw
 from . import runtime
-from .runtime import JIT, clipped_window, fill_zero, valid_output_range
+from .runtime import JIT, PARALLEL, clipped_window, fill_zero, part_range, valid_output_range
 
 _u = np.uint64
 
@@ -192,6 +192,37 @@ def _pool_backward(p0, p1, dy, argmax, dx, is_max, PH, PW, sh, sw, pt, pl):
                         dx_plane[h0 + r, w0 + s] += g
 
 
+# --------------------------------------------------------------------------- parts over the cores
+# Each part is a contiguous range of (image, channel) planes (see runtime.parts).
+
+@njit(**PARALLEL)
+def _max_pool_forward_parts(x, y, argmax, PH, PW, sh, sw, pt, pl, parts):
+    for part in prange(parts):
+        p0, p1 = part_range(x.shape[0] * x.shape[1], parts, part)
+        _max_pool_forward(p0, p1, x, y, argmax, PH, PW, sh, sw, pt, pl)
+
+
+@njit(**PARALLEL)
+def _avg_pool_forward_parts(x, y, PH, PW, sh, sw, pt, pl, parts):
+    for part in prange(parts):
+        p0, p1 = part_range(x.shape[0] * x.shape[1], parts, part)
+        _avg_pool_forward(p0, p1, x, y, PH, PW, sh, sw, pt, pl)
+
+
+@njit(**PARALLEL)
+def _max_pool_backward_tiled_parts(dy, argmax, dx, PH, PW, parts):
+    for part in prange(parts):
+        p0, p1 = part_range(dx.shape[0] * dx.shape[1], parts, part)
+        _max_pool_backward_tiled(p0, p1, dy, argmax, dx, PH, PW)
+
+
+@njit(**PARALLEL)
+def _pool_backward_parts(dy, argmax, dx, is_max, PH, PW, sh, sw, pt, pl, parts):
+    for part in prange(parts):
+        p0, p1 = part_range(dx.shape[0] * dx.shape[1], parts, part)
+        _pool_backward(p0, p1, dy, argmax, dx, is_max, PH, PW, sh, sw, pt, pl)
+
+
 def pool2d_forward(x, mode, pool, stride, padding):
     """Max or average pooling of x (N, C, H, W) -> (y (N, C, OH, OW), argmax int32 (N, C, OH, OW) or None).
 
@@ -203,11 +234,12 @@ def pool2d_forward(x, mode, pool, stride, padding):
     x = np.ascontiguousarray(x)
     y = np.empty((N, C, OH, OW), x.dtype)
     args = (pool[0], pool[1], stride[0], stride[1], padding[0][0], padding[1][0])
+    parts = runtime.parts(N * C, x.size // max(N * C, 1))
     if mode == "max":
         argmax = np.empty((N, C, OH, OW), np.int32)
-        runtime.parallel_for(_max_pool_forward, N * C, x.size // max(N * C, 1), x, y, argmax, *args)
+        runtime.launch(_max_pool_forward_parts, x, y, argmax, *args, parts)
         return y, argmax
-    runtime.parallel_for(_avg_pool_forward, N * C, x.size // max(N * C, 1), x, y, *args)
+    runtime.launch(_avg_pool_forward_parts, x, y, *args, parts)
     return y, None
 
 
@@ -219,8 +251,9 @@ def pool2d_backward(dy, argmax, x_shape, mode, pool, stride, padding):
     is_max = mode == "max"
     argmax = np.ascontiguousarray(argmax) if is_max else np.zeros((1, 1, 1, 1), np.int32)
     planes, plane_size = x_shape[0] * x_shape[1], x_shape[2] * x_shape[3]
+    parts = runtime.parts(planes, plane_size)
     if is_max and pool == stride and padding == ((0, 0), (0, 0)):  # windows tile the input (Keras's default)
-        runtime.parallel_for(_max_pool_backward_tiled, planes, plane_size, dy, argmax, dx, pool[0], pool[1])
+        runtime.launch(_max_pool_backward_tiled_parts, dy, argmax, dx, pool[0], pool[1], parts)
     else:
-        runtime.parallel_for(_pool_backward, planes, plane_size, dy, argmax, dx, is_max, *args)
+        runtime.launch(_pool_backward_parts, dy, argmax, dx, is_max, *args, parts)
     return dx

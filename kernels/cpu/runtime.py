@@ -1,10 +1,15 @@
-"""The CPU backend's runtime: its thread pool, BLAS thread limits, scratch buffers and glibc heap tuning.
+"""The CPU backend's runtime: its threads, BLAS thread limits, scratch buffers and glibc heap tuning.
 
-Threads: kernels are serial ``@njit(nogil=True)`` loops, run on a small thread
-pool, one contiguous range of images (or planes) per core, with BLAS held to one
-thread inside each range. Numba's own ``parallel=True`` was measured first and
-lost: its worker threads and OpenBLAS's spin-waiting threads fought over the
-cores.
+Threads: a kernel splits its work into contiguous parts (image or plane ranges),
+one per core, and runs them with Numba's ``prange`` on the TBB threading layer;
+the GEMMs inside parts call BLAS held to one thread. A pool of Python threads was
+used before: handing a part over and waiting for it cost 0.05-0.3 ms per call on
+a 2-core VM (a sleeping thread's wake-up), more than a ReLU over a million floats;
+TBB's workers start in microseconds. TBB is thread safe (ops called from several
+Python threads at once) and fork safe (with GNU OpenMP, Numba terminates a forked
+child). Without TBB, Numba's workqueue layer serves: fork safe but not thread safe,
+so launches then take a lock. A layer chosen in the environment
+(``NUMBA_THREADING_LAYER``) is respected.
 
 Memory: ``tune_glibc_malloc()`` asks glibc to serve arrays up to 32 MiB from its
 heap and to keep up to 512 MiB of freed heap, instead of a fresh ``mmap`` per
@@ -19,7 +24,6 @@ import ctypes
 import ctypes.util
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -39,7 +43,9 @@ MALLOPT_ENV = "GPUCONV_MALLOPT"
 
 # --------------------------------------------------------------------------- Numba
 # Options of every kernel, and the shared index helpers compiled for the CPU.
-JIT = dict(cache=True, nogil=True, error_model="numpy")  # numpy: no ZeroDivisionError branch, which kept loops with a division scalar (8x slower)
+# error_model numpy: no ZeroDivisionError branch, which kept loops with a division scalar (8x slower)
+JIT = dict(cache=True, nogil=True, error_model="numpy")
+PARALLEL = dict(JIT, parallel=True)  # kernels whose parts run on the threading layer (prange)
 valid_output_range = njit(inline="always")(indexing.valid_output_range)
 clipped_window = njit(inline="always")(indexing.clipped_window)
 
@@ -138,20 +144,100 @@ def blocks(n0, n1, out_h, out_w, bytes_per_column, budget):
                     yield n, n + 1, oh, oh + 1, ow0, min(ow0 + cols, out_w)
 
 
+def plan_parts(n_images, out_h, out_w, bytes_per_column, budget, cap=None):
+    """The blocks of a batch for a parallel kernel: ``(blocks, starts, per_part)``.
+
+    Image ranges (``image_units``) are dealt out in contiguous runs, one run per part (thread);
+    ``blocks`` ((count, 6), ``blocks()``'s tuples) holds every part's blocks in order, part p's
+    from ``starts[p]`` to ``starts[p + 1]``, each within ``per_part`` bytes (``budget`` shared by
+    the parts, and at most ``cap``).
+    """
+    units = image_units(n_images, out_h, out_w, bytes_per_column, budget)
+    count = max(1, min(len(units), threads()))
+    per_part = max(1, budget // count)
+    if cap is not None:
+        per_part = min(per_part, cap)
+    found, starts = [], [0]
+    for p in range(count):
+        for a, b in units[len(units) * p // count:len(units) * (p + 1) // count]:
+            found += blocks(a, b, out_h, out_w, bytes_per_column, per_part)
+        starts.append(len(found))
+    return np.array(found, np.int64).reshape(-1, 6), np.array(starts, np.int64), per_part
+
+
 # --------------------------------------------------------------------------- threads
-# The pool and the BLAS limiter are created on first use and forgotten in a forked child, whose copy
-# of the parent's pool has no threads (using it would hang forever).
+# The BLAS limiter and the launch lock are created on first use and made anew in a forked child
+# (a lock held by another thread at the fork would never be released there).
 
 _lock = threading.Lock()
-_pool = None
 _blas = None
 _blas_users = 0       # callers inside single_threaded_blas() now, across threads
 _blas_limiter = None  # what restores BLAS's own thread count when the last of them leaves
+_launch_lock = None   # serializes launches when the threading layer is not thread safe
+_layer_ready = False
 
 
-def workers():
+def threads():
     """Threads a kernel call may use: the cores (Numba's count), or 1 inside ``serial()``."""
     return 1 if getattr(_thread_state, "serial", False) else max(1, numba.get_num_threads())
+
+
+workers = threads  # the name the planners use
+
+
+def parts(count, cost_per_item):
+    """Parts to split ``count`` items into: one per thread, fewer when the work is small (``cost_per_item``
+    elements touched per item; below ``PARALLEL_MIN_ELEMENTS`` in all, one part on the calling thread)."""
+    return max(1, min(threads(), count, count * cost_per_item // PARALLEL_MIN_ELEMENTS))
+
+
+@njit(inline="always")
+def part_range(count, parts, p):
+    """Items [lo, hi) of part p when ``count`` items are split into ``parts`` contiguous parts."""
+    return count * p // parts, count * (p + 1) // parts
+
+
+@njit(**PARALLEL)
+def _probe(a):
+    for i in numba.prange(a.size):
+        a[i] = i
+
+
+_init_lock = threading.Lock()
+
+
+def _load_threading_layer():
+    """Load the threading layer: TBB, unless the environment or an earlier launch in this process chose one;
+    the workqueue layer when TBB is missing. Launches take a lock when the layer is not thread safe."""
+    global _layer_ready, _launch_lock
+    from numba.np.ufunc import parallel
+    with _init_lock:
+        if _layer_ready:
+            return
+        if not parallel._is_initialized and "NUMBA_THREADING_LAYER" not in os.environ:
+            numba.config.THREADING_LAYER = "tbb"
+            try:
+                _probe(np.zeros(2))
+            except ValueError:  # no TBB (pip install tbb)
+                numba.config.THREADING_LAYER = "workqueue"
+        _probe(np.zeros(2))
+        if numba.threading_layer() == "workqueue":
+            _launch_lock = threading.Lock()
+        _layer_ready = True
+
+
+def launch(kernel, *args, blas=False):
+    """Call the parallel kernel ``kernel(*args)``; ``blas``: its parts call BLAS, held to one thread meanwhile.
+
+    Launches are serialized when the threading layer is not thread safe (workqueue).
+    """
+    if not _layer_ready:
+        _load_threading_layer()
+    with single_threaded_blas() if blas else contextlib.nullcontext():
+        if _launch_lock is None:
+            return kernel(*args)
+        with _launch_lock:
+            return kernel(*args)
 
 
 @contextlib.contextmanager
@@ -170,15 +256,6 @@ def serial():
         _thread_state.serial = previous
 
 
-def _controller():
-    """The thread pool (created on first use)."""
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max(1, numba.get_num_threads()), thread_name_prefix="gpuconv-cpu")
-    return _pool
-
-
 def _blas_controller():
     global _blas
     with _lock:
@@ -187,12 +264,13 @@ def _blas_controller():
     return _blas
 
 
-def _forget_threads_after_fork():
-    global _lock, _pool, _blas, _blas_users, _blas_limiter
-    _lock, _pool, _blas, _blas_users, _blas_limiter = threading.Lock(), None, None, 0, None
+def _new_locks_after_fork():
+    global _lock, _blas, _blas_users, _blas_limiter, _launch_lock
+    _lock, _blas, _blas_users, _blas_limiter = threading.Lock(), None, 0, None
+    _launch_lock = threading.Lock() if _launch_lock is not None else None
 
 
-os.register_at_fork(after_in_child=_forget_threads_after_fork)
+os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
 @contextlib.contextmanager
@@ -229,30 +307,3 @@ def session():
     """
     with single_threaded_blas():
         yield
-
-
-def run_units(work, units, uses_blas=True):
-    """Run ``work(n0, n1)`` for each image range, one per core, and return the results in order.
-
-    Each range runs serially (Numba loops with ``nogil``, then a single-threaded
-    GEMM) on its own Python thread, so cores never fight over spinning BLAS and
-    Numba worker threads. A single range runs inline with multi-threaded BLAS.
-    Work that calls no BLAS (``uses_blas=False``) skips the BLAS limit, whose
-    threadpoolctl calls cost more than a small kernel.
-    """
-    if len(units) <= 1:
-        return [work(*unit) for unit in units]
-    with single_threaded_blas() if uses_blas else contextlib.nullcontext():
-        return list(_controller().map(lambda unit: work(*unit), units))
-
-
-def parallel_for(kernel, count, cost_per_item, *args):
-    """Run ``kernel(i0, i1, *args)`` (a Numba loop calling no BLAS) over ``[0, count)`` split into one
-    contiguous range per worker.
-
-    ``cost_per_item`` (elements touched per item) keeps small jobs inline, where
-    a thread hand-off would cost more than it saves.
-    """
-    parts = min(workers(), count, max(1, count * cost_per_item // PARALLEL_MIN_ELEMENTS))
-    bounds = [count * i // parts for i in range(parts + 1)] if parts else []
-    run_units(lambda i0, i1: kernel(i0, i1, *args), list(zip(bounds[:-1], bounds[1:])), uses_blas=False)

@@ -31,10 +31,10 @@ outputs of its tile, so an inf would turn neighbouring outputs into NaN. ``safe`
 the caller (``conv``) to use im2col, which has the direct sum's semantics, then.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from . import runtime
-from .runtime import JIT, fill_zero, valid_output_range
+from .runtime import JIT, PARALLEL, fill_zero, valid_output_range
 
 _u = np.uint64  # unsigned indices: no negative-index wraparound code in the loops
 
@@ -334,8 +334,9 @@ def _store_output(out, y, bias, use_bias, relu, n0, n1, th0, th1, tw0, tw1):
 
 @njit(**JIT)
 def _pack_gradient(dy, canvas, n0, n1, th0, th1, tw0, tw1):
-    """canvas[2a + b, k, r*L + n*(nt+1) + j] = dy[n0 + n, k, 2(th0 + r) + a, 2(tw0 + j) + b] for j < nt,
-    0 past dy and on the spare tiles (so they add nothing to the weight gradient). canvas: (4, K, rows * L).
+    """canvas[2a + b, k*rows*L + r*L + n*(nt+1) + j] = dy[n0 + n, k, 2(th0 + r) + a, 2(tw0 + j) + b] for j < nt,
+    0 past dy and on the spare tiles (so they add nothing to the weight gradient). canvas: (>= 4, >= K*rows*L),
+    C-contiguous (its rows may be padded apart).
 
     Flat arrays and unsigned offsets, as in _pack_input.
     """
@@ -343,7 +344,7 @@ def _pack_gradient(dy, canvas, n0, n1, th0, th1, tw0, tw1):
     nt, rows = tw1 - tw0, th1 - th0
     slot = nt + 1
     L = (n1 - n0) * slot
-    plane = K * rows * L
+    plane = canvas.shape[1]
     first = 2 * tw0
     hi = max(0, min(nt, (OW - first) // 2))  # tiles whose two columns are both inside dy
     dys, cs = dy.reshape(-1), canvas.reshape(-1)
@@ -370,26 +371,94 @@ def _pack_gradient(dy, canvas, n0, n1, th0, th1, tw0, tw1):
                         cs[_u(odd + j)] = zero
 
 
-@njit(**JIT)
-def _gradient_transform(canvas, Z, D):
-    """D[4p + q] = (A p Aᵀ)[p, q] of every 2x2 tile p of dy, over (K, T): canvas (4, K*T), Z (8, K*T) scratch,
-    D (16, >= K*T) C-contiguous."""
-    size = Z.shape[1]
-    for a in range(2):  # A over the columns of each tile row
-        _a_columns(Z[4 * a], Z[4 * a + 1], Z[4 * a + 2], Z[4 * a + 3], canvas[2 * a], canvas[2 * a + 1])
-    for q in range(4):  # A over the rows
-        _a_columns(D[q, :size], D[4 + q, :size], D[8 + q, :size], D[12 + q, :size], Z[q], Z[4 + q])
+# The weight gradient's 16 operands D[p, q] = (A p Aᵀ)[p, q], A = [[1, 0], [1, 1], [1, -1], [0, -1]], from the
+# 2x2 tiles' planes P[a, b] (planes 0-3): each is one of 16 planes, P itself or 12 sums and differences
+# (planes 4-15), with a sign, half the work of computing all 16 (eight are a plane of P or of the first
+# sums, signed). D[p, q] = GRAD_SIGN[4p + q] * plane GRAD_PLANE[4p + q] of [P00, P01, P10, P11, Z1_0, Z1_1,
+# Z2_0, Z2_1, E10, E20, E11, E21, E12, E22, E13, E23]: Z1_a = Pa0 + Pa1, Z2_a = Pa0 - Pa1, and E1q / E2q the
+# sum / difference of column q's two rows (E13, E23 built from P01 and P11, their sign -1 in GRAD_SIGN).
+GRAD_PLANE = np.array([0, 4, 6, 1, 8, 10, 12, 14, 9, 11, 13, 15, 2, 5, 7, 3])
+GRAD_SIGN = np.array([1, 1, 1, -1, 1, 1, 1, -1, 1, 1, 1, -1, -1, -1, -1, 1])
 
 
 @njit(inline="always")
-def _transpose_planes(V, Vt, C, T):
-    """Vt[ξ, g*C + c] = V[ξ, c*T + g]: the weight gradient's GEMM ran at 113 GFLOP/s on (T x C) operands
-    and at 68 on the transposed view."""
-    for xi in range(16):
-        src, dst = V[xi], Vt[xi]
-        for g in range(T):
-            for c in range(C):
-                dst[g * C + c] = src[c * T + g]
+def _sum2(dst, a, b, minus):
+    if minus:
+        for g in range(dst.size):
+            dst[g] = a[g] - b[g]
+    else:
+        for g in range(dst.size):
+            dst[g] = a[g] + b[g]
+
+
+@njit(**JIT)
+def _gradient_transform(planes, size):
+    """Planes 4-15 of ``planes`` (16, >= size; planes 0-3 the tiles' P[a, b]), see GRAD_PLANE."""
+    P00, P01, P10, P11 = planes[0, :size], planes[1, :size], planes[2, :size], planes[3, :size]
+    _sum2(planes[4, :size], P00, P01, False)  # Z1_0
+    _sum2(planes[5, :size], P10, P11, False)  # Z1_1
+    _sum2(planes[6, :size], P00, P01, True)   # Z2_0
+    _sum2(planes[7, :size], P10, P11, True)   # Z2_1
+    _sum2(planes[8, :size], P00, P10, False)  # E10
+    _sum2(planes[9, :size], P00, P10, True)   # E20
+    _sum2(planes[10, :size], planes[4, :size], planes[5, :size], False)  # E11
+    _sum2(planes[11, :size], planes[4, :size], planes[5, :size], True)   # E21
+    _sum2(planes[12, :size], planes[6, :size], planes[7, :size], False)  # E12
+    _sum2(planes[13, :size], planes[6, :size], planes[7, :size], True)   # E22
+    _sum2(planes[14, :size], P01, P11, False)  # E13 (sign -1)
+    _sum2(planes[15, :size], P01, P11, True)   # E23 (sign -1)
+
+
+@njit(**JIT)
+def _pack_input_t(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left):
+    """As _pack_input with the channel innermost: canvas[2a + b, pos*C + c] (canvas (4, ((rows + 1)*L + 1) * C)),
+    so that the input transform's loops produce V transposed, (T x C) per ξ, for the weight gradient's GEMM
+    (113 GFLOP/s on that layout, 68 on the transposed view of (C x T))."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    nt, rows = tw1 - tw0, th1 - th0
+    slot = nt + 1
+    L = (n1 - n0) * slot
+    plane = canvas.shape[1]
+    first = 2 * tw0 - left
+    zero = canvas.dtype.type(0)
+    xs, cs = x.reshape(-1), canvas.reshape(-1)
+    for n in range(n1 - n0):
+        for ph in range(2 * (rows + 1)):  # canvas row (ph >> 1) of parity (ph & 1)
+            h = 2 * th0 + ph - top
+            row = (ph & 1) * 2 * plane + ((ph >> 1) * L + n * slot) * C
+            for j in range(slot):
+                for b in range(2):
+                    w = first + 2 * j + b
+                    dst = row + b * plane + j * C
+                    if 0 <= h < H and 0 <= w < W:
+                        src = (((n0 + n) * C) * H + h) * W + w
+                        for c in range(C):
+                            cs[_u(dst + c)] = xs[_u(src + c * H * W)]
+                    else:
+                        for c in range(C):
+                            cs[_u(dst + c)] = zero
+    for p in range(4):
+        for c in range(C):
+            cs[_u(p * plane + (rows + 1) * L * C + c)] = zero  # read only by the block's last spare tile
+
+
+@njit(**JIT)
+def _input_transform_t(canvas, Vt, L, T, C):
+    """Vt[4p + q, g*C + c] = (Bᵀ d B)[p, q] of tile g's patch d in channel c, from _pack_input_t's canvas:
+    one loop over (tile, channel) per ξ, the patch offsets scaled by C."""
+    size = T * C
+    for p in range(4):
+        i1, i2, sign_i = B_ROWS[p, 0], B_ROWS[p, 1], B_ROWS[p, 2]
+        for q in range(4):
+            j1, j2, sign_j = B_ROWS[q, 0], B_ROWS[q, 1], B_ROWS[q, 2]
+            o11 = ((i1 // 2) * L + j1 // 2) * C
+            o12 = ((i1 // 2) * L + j2 // 2) * C
+            o21 = ((i2 // 2) * L + j1 // 2) * C
+            o22 = ((i2 // 2) * L + j2 // 2) * C
+            _sum4(Vt[4 * p + q, :size],
+                  canvas[2 * (i1 % 2) + j1 % 2, o11:o11 + size], canvas[2 * (i1 % 2) + j2 % 2, o12:o12 + size],
+                  canvas[2 * (i2 % 2) + j1 % 2, o21:o21 + size], canvas[2 * (i2 % 2) + j2 % 2, o22:o22 + size],
+                  sign_j < 0, sign_i < 0)
 
 
 # --------------------------------------------------------------------------- passes
@@ -436,27 +505,37 @@ def _weight_gradient_blocks(dy, x, top, left, blocks, buf, partial):
         block = blocks[i]
         rows, L, T = _layout(block)
         n0, n1, th0, th1, tw0, tw1 = block[0], block[1], block[2], block[3], block[4], block[5]
-        size = C * 4 * ((rows + 1) * L + 1)
-        canvas = buf[:size].reshape(C, 4, (rows + 1) * L + 1)
-        V = buf[size:size + 16 * (C * T + PLANE_PAD)].reshape(16, C * T + PLANE_PAD)
-        size += 16 * (C * T + PLANE_PAD)
-        Vt = buf[size:size + 16 * C * T].reshape(16, C * T)
-        size += 16 * C * T
-        grad_canvas = buf[size:size + 4 * K * T].reshape(4, K * T)
-        Z = buf[size + 4 * K * T:size + 12 * K * T].reshape(8, K * T)
-        size += 12 * K * T
-        D = buf[size:size + 16 * (K * T + PLANE_PAD)].reshape(16, K * T + PLANE_PAD)
-        _pack_input(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left)
-        _input_transform(canvas, V, L, T)
-        _transpose_planes(V, Vt, C, T)
-        _pack_gradient(dy, grad_canvas.reshape(4, K, T), n0, n1, th0, th1, tw0, tw1)
-        _gradient_transform(grad_canvas, Z, D)
+        size = 4 * ((rows + 1) * L + 1) * C
+        canvas = buf[:size].reshape(4, ((rows + 1) * L + 1) * C)
+        Vt = buf[size:size + 16 * (T * C + PLANE_PAD)].reshape(16, T * C + PLANE_PAD)
+        size += 16 * (T * C + PLANE_PAD)
+        planes = buf[size:size + 16 * (K * T + PLANE_PAD)].reshape(16, K * T + PLANE_PAD)
+        _pack_input_t(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left)
+        _input_transform_t(canvas, Vt, L, T, C)
+        _pack_gradient(dy, planes, n0, n1, th0, th1, tw0, tw1)
+        _gradient_transform(planes, K * T)
         for xi in range(16):
-            np.dot(D[xi, :K * T].reshape(K, T), Vt[xi].reshape(T, C), product)
-            total = partial[xi]
+            np.dot(planes[GRAD_PLANE[xi], :K * T].reshape(K, T), Vt[xi, :T * C].reshape(T, C), product)
+            total, sign = partial[xi], partial.dtype.type(GRAD_SIGN[xi])
             for k in range(K):
                 for c in range(C):
-                    total[k, c] += product[k, c]
+                    total[k, c] += sign * product[k, c]
+
+
+@njit(**PARALLEL)
+def _correlate_parts(x, U, bias, use_bias, relu, y, top, left, blocks, starts, scratch):
+    """The forward pass, part p (an image range) running blocks[starts[p]:starts[p + 1]] in scratch[p]."""
+    for part in prange(scratch.shape[0]):
+        _correlate_blocks(x, U, bias, use_bias, relu, y, top, left, blocks[starts[part]:starts[part + 1]],
+                          scratch[part])
+
+
+@njit(**PARALLEL)
+def _weight_gradient_parts(dy, x, top, left, blocks, starts, scratch, partials):
+    """partials[p] = the weight gradient sum of part p's blocks[starts[p]:starts[p + 1]], in scratch[p]."""
+    for part in prange(scratch.shape[0]):
+        _weight_gradient_blocks(dy, x, top, left, blocks[starts[part]:starts[part + 1]], scratch[part],
+                                partials[part])
 
 
 def correlate(x, U, bias, relu, top, left, out_shape, workspace_bytes=None):
@@ -473,13 +552,8 @@ def correlate(x, U, bias, relu, top, left, out_shape, workspace_bytes=None):
     x, U = np.ascontiguousarray(x), np.ascontiguousarray(U)
     use_bias = bias is not None
     bias = np.ascontiguousarray(bias) if use_bias else np.zeros(1, x.dtype)
-    units, blocks = _plan(N, OH, OW, C, K, 20 * C + 28 * K, x.dtype, workspace_bytes)
-
-    def work(a, b):
-        block_list, buf = blocks(a, b)
-        _correlate_blocks(x, U, bias, use_bias, relu, y, top, left, block_list, buf)
-
-    runtime.run_units(work, units)
+    blocks, starts, scratch = _plan(N, OH, OW, C, K, 20 * C + 28 * K, x.dtype, workspace_bytes)
+    runtime.launch(_correlate_parts, x, U, bias, use_bias, relu, y, top, left, blocks, starts, scratch, blas=True)
     return y
 
 
@@ -492,36 +566,25 @@ def weight_gradient(dy, x, top, left, workspace_bytes=None):
     N, C = x.shape[:2]
     K, OH, OW = dy.shape[1:]
     x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
-    units, blocks = _plan(N, OH, OW, C, K, 36 * C + 28 * K, x.dtype, workspace_bytes)
-
-    def work(a, b):
-        partial = np.zeros((16, K, C), x.dtype)
-        block_list, buf = blocks(a, b)
-        _weight_gradient_blocks(dy, x, top, left, block_list, buf, partial)
-        return partial
-
+    blocks, starts, scratch = _plan(N, OH, OW, C, K, 20 * C + 16 * K, x.dtype, workspace_bytes)
+    partials = np.zeros((scratch.shape[0], 16, K, C), x.dtype)
+    runtime.launch(_weight_gradient_parts, dy, x, top, left, blocks, starts, scratch, partials, blas=True)
     total = np.zeros((16, K, C), x.dtype)
-    for partial in runtime.run_units(work, units):  # fixed order: deterministic
+    for partial in partials:  # fixed order: deterministic
         total += partial
     return total
 
 
 def _plan(N, OH, OW, C, K, floats_per_tile, dtype, workspace_bytes):
-    """Image ranges (one per worker), and ``blocks(n0, n1)``: the range's blocks of tiles as a (count, 6) array
-    with a scratch buffer for the largest."""
+    """The blocks of tiles of every part (``runtime.plan_parts``), and a scratch row per part for its largest."""
     TH, TW = -(-OH // TILE), -(-OW // TILE)
     # twice the arrays' size per tile covers the spare tiles and the canvas's extra row, even for 1x1-tile blocks
     tile_bytes = 2 * floats_per_tile * np.dtype(dtype).itemsize
-    budget = runtime.workspace_budget(workspace_bytes)
-    units = runtime.image_units(N, TH, TW, tile_bytes, budget)
-    per_worker = min(budget // max(1, min(len(units), runtime.workers())), BLOCK_BYTES)
-
-    def blocks(a, b):
-        block_list = np.array(list(runtime.blocks(a, b, TH, TW, tile_bytes, per_worker)), np.int64).reshape(-1, 6)
-        need = 0
-        for n0, n1, th0, th1, tw0, tw1 in block_list:
-            rows, L = th1 - th0, (n1 - n0) * (tw1 - tw0 + 1)
-            need = max(need, 4 * C * ((rows + 1) * L + 1) + (floats_per_tile - 4 * C) * rows * L + 32 * PLANE_PAD)
-        return block_list, runtime.scratch(int(need), dtype)
-
-    return units, blocks
+    blocks, starts, _ = runtime.plan_parts(N, TH, TW, tile_bytes, runtime.workspace_budget(workspace_bytes),
+                                           BLOCK_BYTES)
+    need = 0
+    for n0, n1, th0, th1, tw0, tw1 in blocks:
+        rows, L = th1 - th0, (n1 - n0) * (tw1 - tw0 + 1)
+        need = max(need, 4 * C * ((rows + 1) * L + 1) + (floats_per_tile - 4 * C) * rows * L + 32 * PLANE_PAD)
+    parts = len(starts) - 1
+    return blocks, starts, runtime.scratch(parts * need, dtype).reshape(parts, need)

@@ -69,24 +69,25 @@ def test_bad_arguments_name_themselves():
 
 
 def test_each_block_runs_without_threads_of_its_own(monkeypatch):
-    """Dask's threads are the parallelism: inside a task the CPU backend neither hands work to its pool nor
-    lets BLAS spawn threads (their counts would multiply)."""
+    """Dask's threads are the parallelism: inside a task the CPU backend neither splits work over its threads
+    nor lets BLAS spawn threads (their counts would multiply)."""
     from gpuconv.kernels.cpu import runtime
     seen = []
-    real = runtime.run_units
+    real = runtime.parts
 
-    def spy(work, units, **options):
-        seen.append((len(units), runtime.workers(), runtime._blas_users))
-        return real(work, units, **options)
+    def spy(count, cost_per_item):
+        parts = real(count, cost_per_item)
+        seen.append((parts, runtime.threads(), runtime._blas_users))
+        return parts
 
-    monkeypatch.setattr(runtime, "run_units", spy)
+    monkeypatch.setattr(runtime, "parts", spy)
     image = np.random.default_rng(0).standard_normal((64, 64))
     gs.correlate2d(da.from_array(image, chunks=16), np.ones((3, 3)), "same").compute(scheduler="threads",
                                                                                      num_workers=2)
-    assert seen and all(units <= 1 and workers == 1 and blas_users >= 1 for units, workers, blas_users in seen)
+    assert seen and all(parts == 1 and threads == 1 and blas_users >= 1 for parts, threads, blas_users in seen)
     seen.clear()
     gs.correlate2d(np.zeros((64, 64)), np.ones((3, 3)))  # outside Dask: all cores again
-    assert seen[0][1] == runtime.workers() == max(1, __import__("numba").get_num_threads())
+    assert seen[0][1] == runtime.threads() == max(1, __import__("numba").get_num_threads())
 
 
 def test_distributed_scheduler_on_a_two_worker_local_cluster():
