@@ -71,7 +71,7 @@ def measure(calls, timer, repeats, warmup):
                 min_s=float(min(times)), repeats=len(times))
 
 
-SWITCH_PAUSE_S = 0.03  # longer than a thread pool's spin-wait (GNU OpenMP's is milliseconds), see below
+SWITCH_PAUSE_S = 0.1  # longer than a thread pool's spin-wait (GNU OpenMP's ran past 6 ms here), see below
 
 
 def measure_interleaved(entries, repeats, warmup, block=5):

@@ -231,7 +231,7 @@ def conv2d_forward(x, weight, bias, padding, relu, out_shape):
     top, left = padding[0][0], padding[1][0]
     same_width = OW == x.shape[3] and left == 1
     need = max(3 * C * ((OH + 2) * OW + 2), C * (OH + 2) * (OW + 2) + 2 + OH * (OW + 2))
-    parts = runtime.parts(N, K * OH * OW)
+    parts = runtime.parts(N, K * OH * OW, runtime.SPLIT)
     scratch = runtime.scratch(parts * need, x.dtype).reshape(parts, need)
     runtime.launch(_forward_parts, x, weight, bias, use_bias, relu, y, top, left, same_width, scratch)
     return y

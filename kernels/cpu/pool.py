@@ -234,7 +234,7 @@ def pool2d_forward(x, mode, pool, stride, padding):
     x = np.ascontiguousarray(x)
     y = np.empty((N, C, OH, OW), x.dtype)
     args = (pool[0], pool[1], stride[0], stride[1], padding[0][0], padding[1][0])
-    parts = runtime.parts(N * C, x.size // max(N * C, 1))
+    parts = runtime.parts(N * C, x.size // max(N * C, 1), runtime.SPLIT)
     if mode == "max":
         argmax = np.empty((N, C, OH, OW), np.int32)
         runtime.launch(_max_pool_forward_parts, x, y, argmax, *args, parts)
@@ -251,7 +251,7 @@ def pool2d_backward(dy, argmax, x_shape, mode, pool, stride, padding):
     is_max = mode == "max"
     argmax = np.ascontiguousarray(argmax) if is_max else np.zeros((1, 1, 1, 1), np.int32)
     planes, plane_size = x_shape[0] * x_shape[1], x_shape[2] * x_shape[3]
-    parts = runtime.parts(planes, plane_size)
+    parts = runtime.parts(planes, plane_size, runtime.SPLIT)
     if is_max and pool == stride and padding == ((0, 0), (0, 0)):  # windows tile the input (Keras's default)
         runtime.launch(_max_pool_backward_tiled_parts, dy, argmax, dx, pool[0], pool[1], parts)
     else:

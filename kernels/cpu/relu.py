@@ -33,7 +33,7 @@ def relu_forward(x):
     """y = max(x, 0), any shape (0-d included)."""
     x = np.asarray(x, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
     y = np.empty_like(x)
-    runtime.launch(_relu_forward, x.reshape(-1), y.reshape(-1), runtime.parts(x.size, 1))
+    runtime.launch(_relu_forward, x.reshape(-1), y.reshape(-1), runtime.parts(x.size, 1, runtime.SPLIT))
     return y
 
 
@@ -42,5 +42,5 @@ def relu_backward(dy, y):
     dy = np.asarray(dy, order="C")
     dx = np.empty_like(dy)
     runtime.launch(_relu_backward, dy.reshape(-1), np.asarray(y, order="C").reshape(-1), dx.reshape(-1),
-                   runtime.parts(dy.size, 1))
+                   runtime.parts(dy.size, 1, runtime.SPLIT))
     return dx
