@@ -128,3 +128,25 @@ def test_tiled_max_pool_backward_against_loops(shape, window, rng):
     dx = cpu.pool2d_backward(dy, argmax, shape, "max", pool, pool, padding)
     finite = np.nan_to_num(x, nan=np.inf)  # the reference's argmax takes NaN as the maximum, like ours
     np.testing.assert_array_equal(dx, ref.pool2d_grad(finite, dy, "max", pool, pool, padding).astype(np.float32))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 2, 2, 2), (3, 2, 8, 8), (1, 1, 5, 3)])
+def test_2x2_max_pool_fast_path_against_loops(shape, rng):
+    """2x2 windows at stride 2 (the fast path): maxima and argmax against float64 loops, with ties (first
+    maximum in row-major order), a NaN (it wins and propagates), infinities and ragged edges."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, 0] = 1.0
+    x.reshape(-1)[5] = np.nan
+    x.reshape(-1)[-3] = np.inf
+    x.reshape(-1)[-5] = -np.inf
+    y, argmax = cpu.pool2d_forward(x, "max", (2, 2), (2, 2), ((0, 0), (0, 0)))
+    N, C, H, W = shape
+    for n in range(N):
+        for c in range(C):
+            for oh in range(H // 2):
+                for ow in range(W // 2):
+                    window = x[n, c, 2 * oh:2 * oh + 2, 2 * ow:2 * ow + 2].astype(np.float64).reshape(-1)
+                    nan = np.flatnonzero(np.isnan(window))
+                    tap = nan[0] if nan.size else int(np.argmax(window))  # argmax: the first maximum
+                    assert argmax[n, c, oh, ow] == tap
+                    np.testing.assert_array_equal(y[n, c, oh, ow], np.float32(window[tap]))

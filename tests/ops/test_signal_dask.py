@@ -75,8 +75,8 @@ def test_each_block_runs_without_threads_of_its_own(monkeypatch):
     seen = []
     real = runtime.parts
 
-    def spy(count, cost_per_item):
-        parts = real(count, cost_per_item)
+    def spy(count, cost_per_item, per_thread=1):
+        parts = real(count, cost_per_item, per_thread)
         seen.append((parts, runtime.threads(), runtime._blas_users))
         return parts
 
