@@ -305,8 +305,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, relu=False, works
     """y = relu?(conv2d(x, weight) + bias).
 
     x (N, C, H, W), weight (K, C, R, S), bias (K,) or None  ->  y (N, K, OH, OW).
-    ``algorithm``: 'auto' (``choose_algorithm``), 'im2col' or 'winograd'. Winograd falls back to
-    im2col when an input holds NaN or inf (see ``winograd.safe``).
+    ``algorithm``: 'auto' (``choose_algorithm``), 'im2col', 'winograd' or 'direct'. Winograd falls back
+    to im2col when an input holds NaN, inf or a value large enough to overflow (``winograd.input_limit``).
     """
     N, C, H, W = x.shape
     K = weight.shape[0]
@@ -315,9 +315,12 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, relu=False, works
                         workspace_bytes)
     if chosen == "direct":
         return direct.conv2d_forward(x, weight, bias, padding, relu, (N, K) + out_hw)
-    if chosen == "winograd" and winograd.safe(x, weight, terms=9 * C) and (bias is None or np.isfinite(bias).all()):
-        return winograd.correlate(x, winograd.filter_transform(weight), bias, relu, padding[0][0], padding[1][0],
-                                  (N, K) + out_hw, workspace_bytes)
+    if chosen == "winograd" and (bias is None or np.isfinite(bias).all()):
+        limit = winograd.input_limit(x.dtype, 9 * C, winograd.max_magnitude(weight))
+        y = winograd.correlate(x, winograd.filter_transform(weight), bias, relu, padding[0][0], padding[1][0],
+                               (N, K) + out_hw, limit, workspace_bytes)
+        if y is not None:
+            return y
     return _im2col_forward(x, weight, bias, stride, padding, dilation, relu, workspace_bytes)
 
 
@@ -331,10 +334,13 @@ def conv2d_backward_input(dy, weight, x_shape, stride, padding, dilation, worksp
     K = weight.shape[0]
     chosen = _algorithm(algorithm, "backward_input", x_shape, weight.shape, stride, dilation, dy.shape[2:], dy.dtype,
                         workspace_bytes)
-    if chosen == "winograd" and winograd.safe(dy, weight, terms=9 * K):
+    if chosen == "winograd":
         rotated = winograd.filter_transform(winograd.rotated_filters(weight))
-        return winograd.correlate(dy, rotated, None, False, 2 - padding[0][0], 2 - padding[1][0], tuple(x_shape),
-                                  workspace_bytes)
+        limit = winograd.input_limit(dy.dtype, 9 * K, winograd.max_magnitude(weight))
+        dx = winograd.correlate(dy, rotated, None, False, 2 - padding[0][0], 2 - padding[1][0], tuple(x_shape),
+                                limit, workspace_bytes)
+        if dx is not None:
+            return dx
     return _im2col_backward_input(dy, weight, x_shape, stride, padding, dilation, workspace_bytes)
 
 
@@ -350,8 +356,11 @@ def conv2d_backward_weight(dy, x, weight_shape, stride, padding, dilation, works
                         workspace_bytes)
     if chosen == "direct":
         return direct.conv2d_backward_weight(dy, x, weight_shape, padding)
-    if chosen == "winograd" and winograd.safe(dy, x, terms=N * dy.shape[2] * dy.shape[3]):
-        return winograd.weight_from(winograd.weight_gradient(dy, x, padding[0][0], padding[1][0], workspace_bytes))
+    if chosen == "winograd":
+        limit = winograd.input_limit(dy.dtype, N * dy.shape[2] * dy.shape[3])
+        dU = winograd.weight_gradient(dy, x, padding[0][0], padding[1][0], limit, workspace_bytes)
+        if dU is not None:
+            return winograd.weight_from(dU)
     return _im2col_backward_weight(dy, x, weight_shape, stride, padding, dilation, workspace_bytes)
 
 

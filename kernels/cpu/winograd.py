@@ -27,8 +27,10 @@ of its rows and columns (``_pack_input``), so patch element (i, j) of tile g is 
 ``g + (i//2)*L + j//2`` of plane ``(i%2, j%2)``.
 
 Not for non-finite or huge inputs: Winograd mixes all 16 inputs of a patch into all 4
-outputs of its tile, so an inf would turn neighbouring outputs into NaN. ``safe`` tells
-the caller (``conv``) to use im2col, which has the direct sum's semantics, then.
+outputs of its tile, so an inf would turn neighbouring outputs into NaN. The pack kernels
+check every input against ``input_limit`` as they copy it; a pass that meets NaN, inf or a
+value past the limit returns None, and the caller (``conv``) redoes it with im2col, which
+has the direct sum's semantics.
 """
 import numpy as np
 from numba import njit, prange
@@ -113,16 +115,16 @@ def _weight_from(dU, dweight):
                     rows[r, 0], rows[r, 1], rows[r, 2], rows[r, 3])
 
 
-def safe(*arrays, terms):
-    """No NaN or inf in ``arrays`` and no overflow possible in sums of ``terms`` products of their elements
-    (with Winograd's transform growth): then Winograd's result is finite and accurate."""
-    bound = 1.0
-    for a in arrays:
-        top = max_magnitude(a)
-        if not np.isfinite(top):
-            return False
-        bound *= max(top, 1.0)
-    return bound * terms * 64 < float(np.finfo(arrays[0].dtype).max) / 64
+def input_limit(dtype, terms, other=None):
+    """The largest |input| for which Winograd's result is finite and accurate: no sum of ``terms`` products
+    (with the transforms' growth) can overflow ``dtype``. ``other``: the other operand's max |value| (the
+    filters), or None when both operands are inputs checked this way (the weight gradient: the bound is
+    shared as its square root). 0 when ``other`` is NaN or inf: every input then fails, as it must.
+    The inputs are checked while they are packed (``ok`` of the pack kernels): one pass fewer over them."""
+    room = float(np.finfo(dtype).max) / (64 * 64 * max(terms, 1))
+    if other is None:
+        return float(np.sqrt(room))
+    return room / max(other, 1.0) if np.isfinite(other) else 0.0
 
 
 def max_magnitude(a):
@@ -207,14 +209,15 @@ def _load_halves(src, even, odd, first, count, width):
 # --------------------------------------------------------------------------- transforms
 
 @njit(**JIT)
-def _pack_input(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left):
+def _pack_input(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
     """canvas[c, 2a + b, r*L + n*(nt+1) + j] = x[n0 + n, c, 2(th0 + r) + a - top, 2(tw0 + j) + b - left],
     0 outside x, for canvas rows r in [0, th1 - th0] and j in [0, nt] (nt = tw1 - tw0): the block's patches
     split by row and column parity. canvas: (C, 4, (rows + 1) * L + 1).
 
     Each input row is read once. Flat arrays and unsigned offsets: with signed indices Numba's
     negative-index wraparound kept these loops scalar (2-3x slower), and a view per short row
-    cost more than its copy; so did the edges as a helper function.
+    cost more than its copy; so did the edges as a helper function. Returns whether every input
+    copied is within ``limit`` in magnitude (NaN is not).
     """
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     nt, rows = tw1 - tw0, th1 - th0
@@ -225,6 +228,7 @@ def _pack_input(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left):
     lo, hi = valid_output_range(0, -first, 2, W - 1, slot)  # slots whose two columns are both inside x
     xs, cs = x.reshape(-1), canvas.reshape(-1)
     zero = cs.dtype.type(0)
+    ok = True
     h_lo, h_hi = max(0, 2 * th0 - top), min(H, 2 * th1 + 2 - top)
     for c in range(C):
         base = c * 4 * plane
@@ -236,15 +240,23 @@ def _pack_input(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left):
                 src = (((n0 + n) * C + c) * H + h) * W + first
                 for j in range(lo):  # the left edge: padding, or a column whose neighbour is padding
                     w = first + 2 * j
-                    cs[_u(even + j)] = xs[_u(src + 2 * j)] if 0 <= w < W else zero
-                    cs[_u(odd + j)] = xs[_u(src + 2 * j + 1)] if 0 <= w + 1 < W else zero
+                    e = xs[_u(src + 2 * j)] if 0 <= w < W else zero
+                    o = xs[_u(src + 2 * j + 1)] if 0 <= w + 1 < W else zero
+                    ok &= (abs(e) <= limit) & (abs(o) <= limit)
+                    cs[_u(even + j)] = e
+                    cs[_u(odd + j)] = o
                 for j in range(lo, hi):
-                    cs[_u(even + j)] = xs[_u(src + 2 * j)]
-                    cs[_u(odd + j)] = xs[_u(src + 2 * j + 1)]
+                    e, o = xs[_u(src + 2 * j)], xs[_u(src + 2 * j + 1)]
+                    ok &= (abs(e) <= limit) & (abs(o) <= limit)
+                    cs[_u(even + j)] = e
+                    cs[_u(odd + j)] = o
                 for j in range(hi, slot):  # the right edge
                     w = first + 2 * j
-                    cs[_u(even + j)] = xs[_u(src + 2 * j)] if 0 <= w < W else zero
-                    cs[_u(odd + j)] = xs[_u(src + 2 * j + 1)] if 0 <= w + 1 < W else zero
+                    e = xs[_u(src + 2 * j)] if 0 <= w < W else zero
+                    o = xs[_u(src + 2 * j + 1)] if 0 <= w + 1 < W else zero
+                    ok &= (abs(e) <= limit) & (abs(o) <= limit)
+                    cs[_u(even + j)] = e
+                    cs[_u(odd + j)] = o
         for ph in range(2 * (rows + 1)):  # canvas rows over the padding above or below x
             h = 2 * th0 + ph - top
             if 0 <= h < H:
@@ -256,6 +268,7 @@ def _pack_input(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left):
                     cs[_u(even + plane + j)] = zero
         for p in range(4):
             cs[_u(base + p * plane + (rows + 1) * L)] = zero  # read only by the block's last spare tile
+    return ok
 
 
 @njit(**JIT)
@@ -333,12 +346,13 @@ def _store_output(out, y, bias, use_bias, relu, n0, n1, th0, th1, tw0, tw1):
 
 
 @njit(**JIT)
-def _pack_gradient(dy, canvas, n0, n1, th0, th1, tw0, tw1):
+def _pack_gradient(dy, canvas, n0, n1, th0, th1, tw0, tw1, limit):
     """canvas[2a + b, k*rows*L + r*L + n*(nt+1) + j] = dy[n0 + n, k, 2(th0 + r) + a, 2(tw0 + j) + b] for j < nt,
     0 past dy and on the spare tiles (so they add nothing to the weight gradient). canvas: (>= 4, >= K*rows*L),
     C-contiguous (its rows may be padded apart).
 
-    Flat arrays and unsigned offsets, as in _pack_input.
+    Flat arrays and unsigned offsets, as in _pack_input; returns whether every value copied is within
+    ``limit`` in magnitude.
     """
     K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
     nt, rows = tw1 - tw0, th1 - th0
@@ -349,6 +363,7 @@ def _pack_gradient(dy, canvas, n0, n1, th0, th1, tw0, tw1):
     hi = max(0, min(nt, (OW - first) // 2))  # tiles whose two columns are both inside dy
     dys, cs = dy.reshape(-1), canvas.reshape(-1)
     zero = cs.dtype.type(0)
+    ok = True
     for k in range(K):
         for n in range(n1 - n0):
             for r in range(rows):
@@ -363,12 +378,17 @@ def _pack_gradient(dy, canvas, n0, n1, th0, th1, tw0, tw1):
                         continue
                     src = (((n0 + n) * K + k) * OH + oh) * OW + first
                     for j in range(hi):
-                        cs[_u(even + j)] = dys[_u(src + 2 * j)]
-                        cs[_u(odd + j)] = dys[_u(src + 2 * j + 1)]
+                        e, o = dys[_u(src + 2 * j)], dys[_u(src + 2 * j + 1)]
+                        ok &= (abs(e) <= limit) & (abs(o) <= limit)
+                        cs[_u(even + j)] = e
+                        cs[_u(odd + j)] = o
                     for j in range(hi, slot):  # a ragged last column, then the spare tile
                         w = first + 2 * j
-                        cs[_u(even + j)] = dys[_u(src + 2 * j)] if j < nt and w < OW else zero
+                        e = dys[_u(src + 2 * j)] if j < nt and w < OW else zero
+                        ok &= abs(e) <= limit
+                        cs[_u(even + j)] = e
                         cs[_u(odd + j)] = zero
+    return ok
 
 
 # The weight gradient's 16 operands D[p, q] = (A p Aᵀ)[p, q], A = [[1, 0], [1, 1], [1, -1], [0, -1]], from the
@@ -410,10 +430,11 @@ def _gradient_transform(planes, size):
 
 
 @njit(**JIT)
-def _pack_input_t(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left):
+def _pack_input_t(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
     """As _pack_input with the channel innermost: canvas[2a + b, pos*C + c] (canvas (4, ((rows + 1)*L + 1) * C)),
     so that the input transform's loops produce V transposed, (T x C) per ξ, for the weight gradient's GEMM
-    (113 GFLOP/s on that layout, 68 on the transposed view of (C x T))."""
+    (113 GFLOP/s on that layout, 68 on the transposed view of (C x T)). Returns whether every input copied
+    is within ``limit`` in magnitude."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     nt, rows = tw1 - tw0, th1 - th0
     slot = nt + 1
@@ -421,6 +442,7 @@ def _pack_input_t(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left):
     plane = canvas.shape[1]
     first = 2 * tw0 - left
     zero = canvas.dtype.type(0)
+    ok = True
     xs, cs = x.reshape(-1), canvas.reshape(-1)
     for n in range(n1 - n0):
         for ph in range(2 * (rows + 1)):  # canvas row (ph >> 1) of parity (ph & 1)
@@ -433,13 +455,16 @@ def _pack_input_t(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left):
                     if 0 <= h < H and 0 <= w < W:
                         src = (((n0 + n) * C) * H + h) * W + w
                         for c in range(C):
-                            cs[_u(dst + c)] = xs[_u(src + c * H * W)]
+                            v = xs[_u(src + c * H * W)]
+                            ok &= abs(v) <= limit
+                            cs[_u(dst + c)] = v
                     else:
                         for c in range(C):
                             cs[_u(dst + c)] = zero
     for p in range(4):
         for c in range(C):
             cs[_u(p * plane + (rows + 1) * L * C + c)] = zero  # read only by the block's last spare tile
+    return ok
 
 
 @njit(**JIT)
@@ -473,8 +498,9 @@ def _layout(block):
 
 
 @njit(**JIT)
-def _correlate_blocks(x, U, bias, use_bias, relu, y, top, left, blocks, buf):
-    """The forward pass over ``blocks`` ((count, 6): n0, n1, th0, th1, tw0, tw1), in scratch ``buf``."""
+def _correlate_blocks(x, U, bias, use_bias, relu, y, top, left, blocks, buf, limit):
+    """The forward pass over ``blocks`` ((count, 6): n0, n1, th0, th1, tw0, tw1), in scratch ``buf``;
+    False as soon as an input is past ``limit`` (or NaN): the caller then redoes the pass by im2col."""
     C, K = x.shape[1], y.shape[1]
     for i in range(blocks.shape[0]):
         block = blocks[i]
@@ -488,17 +514,20 @@ def _correlate_blocks(x, U, bias, use_bias, relu, y, top, left, blocks, buf):
         size += 16 * (K * T + PLANE_PAD)
         S = buf[size:size + 8 * K * T].reshape(8, K * T)
         out = buf[size + 8 * K * T:size + 12 * K * T].reshape(2, 2 * K * T)
-        _pack_input(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left)
+        if not _pack_input(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
+            return False
         _input_transform(canvas, V, L, T)
         for xi in range(16):
             np.dot(U[xi], V[xi, :C * T].reshape(C, T), M[xi, :K * T].reshape(K, T))
         _output_transform(M, S, out)
         _store_output(out.reshape(2, K, rows, 2 * L), y, bias, use_bias, relu, n0, n1, th0, th1, tw0, tw1)
+    return True
 
 
 @njit(**JIT)
-def _weight_gradient_blocks(dy, x, top, left, blocks, buf, partial):
-    """partial (16, K, C) += Σ over the tiles of ``blocks`` of (A p Aᵀ) Vᵀ, in scratch ``buf``."""
+def _weight_gradient_blocks(dy, x, top, left, blocks, buf, partial, limit):
+    """partial (16, K, C) += Σ over the tiles of ``blocks`` of (A p Aᵀ) Vᵀ, in scratch ``buf``; False as soon
+    as an input is past ``limit`` (or NaN)."""
     C, K = x.shape[1], dy.shape[1]
     product = np.empty((K, C), partial.dtype)
     for i in range(blocks.shape[0]):
@@ -510,9 +539,10 @@ def _weight_gradient_blocks(dy, x, top, left, blocks, buf, partial):
         Vt = buf[size:size + 16 * (T * C + PLANE_PAD)].reshape(16, T * C + PLANE_PAD)
         size += 16 * (T * C + PLANE_PAD)
         planes = buf[size:size + 16 * (K * T + PLANE_PAD)].reshape(16, K * T + PLANE_PAD)
-        _pack_input_t(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left)
+        if not (_pack_input_t(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit)
+                and _pack_gradient(dy, planes, n0, n1, th0, th1, tw0, tw1, limit)):
+            return False
         _input_transform_t(canvas, Vt, L, T, C)
-        _pack_gradient(dy, planes, n0, n1, th0, th1, tw0, tw1)
         _gradient_transform(planes, K * T)
         for xi in range(16):
             np.dot(planes[GRAD_PLANE[xi], :K * T].reshape(K, T), Vt[xi, :T * C].reshape(T, C), product)
@@ -520,29 +550,32 @@ def _weight_gradient_blocks(dy, x, top, left, blocks, buf, partial):
             for k in range(K):
                 for c in range(C):
                     total[k, c] += sign * product[k, c]
+    return True
 
 
 @njit(**PARALLEL)
-def _correlate_parts(x, U, bias, use_bias, relu, y, top, left, blocks, starts, scratch):
-    """The forward pass, part p (an image range) running blocks[starts[p]:starts[p + 1]] in scratch[p]."""
+def _correlate_parts(x, U, bias, use_bias, relu, y, top, left, blocks, starts, scratch, limit, ok):
+    """The forward pass, part p (an image range) running blocks[starts[p]:starts[p + 1]] in scratch[p];
+    ok[p]: its inputs were all within ``limit``."""
     for part in prange(scratch.shape[0]):
-        _correlate_blocks(x, U, bias, use_bias, relu, y, top, left, blocks[starts[part]:starts[part + 1]],
-                          scratch[part])
+        ok[part] = _correlate_blocks(x, U, bias, use_bias, relu, y, top, left,
+                                     blocks[starts[part]:starts[part + 1]], scratch[part], limit)
 
 
 @njit(**PARALLEL)
-def _weight_gradient_parts(dy, x, top, left, blocks, starts, scratch, partials):
+def _weight_gradient_parts(dy, x, top, left, blocks, starts, scratch, partials, limit, ok):
     """partials[p] = the weight gradient sum of part p's blocks[starts[p]:starts[p + 1]], in scratch[p]."""
     for part in prange(scratch.shape[0]):
-        _weight_gradient_blocks(dy, x, top, left, blocks[starts[part]:starts[part + 1]], scratch[part],
-                                partials[part])
+        ok[part] = _weight_gradient_blocks(dy, x, top, left, blocks[starts[part]:starts[part + 1]], scratch[part],
+                                           partials[part], limit)
 
 
-def correlate(x, U, bias, relu, top, left, out_shape, workspace_bytes=None):
-    """y (out_shape: N, K, OH, OW) = relu?(stride-1 3x3 correlation of x (N, C, H, W) + bias).
+def correlate(x, U, bias, relu, top, left, out_shape, limit, workspace_bytes=None):
+    """y (out_shape: N, K, OH, OW) = relu?(stride-1 3x3 correlation of x (N, C, H, W) + bias), or None when an
+    input is NaN, inf or past ``limit`` (``input_limit``).
 
     U (16, K, C) is the filter transform; (top, left) the padding before the first row and
-    column (negative: rows and columns skipped). The caller checks ``safe`` first.
+    column (negative: rows and columns skipped).
     """
     N, C = x.shape[:2]
     K, OH, OW = out_shape[1:]
@@ -553,12 +586,15 @@ def correlate(x, U, bias, relu, top, left, out_shape, workspace_bytes=None):
     use_bias = bias is not None
     bias = np.ascontiguousarray(bias) if use_bias else np.zeros(1, x.dtype)
     blocks, starts, scratch = _plan(N, OH, OW, C, K, 20 * C + 28 * K, x.dtype, workspace_bytes)
-    runtime.launch(_correlate_parts, x, U, bias, use_bias, relu, y, top, left, blocks, starts, scratch, blas=True)
-    return y
+    ok = np.zeros(scratch.shape[0], np.bool_)
+    runtime.launch(_correlate_parts, x, U, bias, use_bias, relu, y, top, left, blocks, starts, scratch, limit, ok,
+                   blas=True)
+    return y if ok.all() else None
 
 
-def weight_gradient(dy, x, top, left, workspace_bytes=None):
-    """dU (16, K, C): the sum over tiles of (A p Aᵀ) Vᵀ; dweight = ``weight_from(dU)``.
+def weight_gradient(dy, x, top, left, limit, workspace_bytes=None):
+    """dU (16, K, C): the sum over tiles of (A p Aᵀ) Vᵀ (dweight = ``weight_from(dU)``), or None when an input
+    is NaN, inf or past ``limit``.
 
     dy (N, K, OH, OW), x (N, C, H, W); (top, left) the forward pass's padding.
     Deterministic: each image range sums its own partial, added in a fixed order.
@@ -568,7 +604,10 @@ def weight_gradient(dy, x, top, left, workspace_bytes=None):
     x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
     blocks, starts, scratch = _plan(N, OH, OW, C, K, 20 * C + 16 * K, x.dtype, workspace_bytes)
     partials = np.zeros((scratch.shape[0], 16, K, C), x.dtype)
-    runtime.launch(_weight_gradient_parts, dy, x, top, left, blocks, starts, scratch, partials, blas=True)
+    ok = np.zeros(scratch.shape[0], np.bool_)
+    runtime.launch(_weight_gradient_parts, dy, x, top, left, blocks, starts, scratch, partials, limit, ok, blas=True)
+    if not ok.all():
+        return None
     total = np.zeros((16, K, C), x.dtype)
     for partial in partials:  # fixed order: deterministic
         total += partial

@@ -109,15 +109,29 @@ def test_winograd_leaves_non_finite_inputs_to_im2col(rng, bad, where):
             np.testing.assert_array_equal(run("auto"), expected, err_msg=name)
 
 
-def test_winograd_safety_check_sees_every_kind_of_bad_value():
+def test_winograd_input_limit_and_magnitudes():
     assert winograd.max_magnitude(np.array([1.0, -3.0, 2.0], np.float32)) == 3.0
     assert winograd.max_magnitude(np.array([-7.5, 2.0])) == 7.5
     for bad in (np.inf, -np.inf, np.nan):
         assert winograd.max_magnitude(np.array([1.0, bad], np.float32)) == np.inf
-        assert not winograd.safe(np.array([1.0, bad]), np.ones(3), terms=9)
-    big = np.full(4, 1e30, np.float32)
-    assert not winograd.safe(big, big, terms=9)  # 1e60 overflows float32
-    assert winograd.safe(np.ones(4, np.float32), np.ones(4, np.float32), terms=10**6)
+        assert winograd.input_limit(np.float32, 9, winograd.max_magnitude(np.array([bad]))) == 0.0
+    limit = winograd.input_limit(np.float32, 9 * 64, 10.0)
+    assert 1e25 < limit < 1e33  # float32: room for inputs up to ~1e30 against filters of 10
+    assert winograd.input_limit(np.float64, 10**6) > 1e140  # two checked inputs share the room
+
+
+def test_winograd_leaves_huge_inputs_to_im2col(rng):
+    """Finite inputs large enough for Winograd's sums to overflow float32: the result is im2col's, exactly."""
+    x, w, b = _arrays(rng, (2, 4, 6, 6, 4), np.float32)
+    x[1, 2, 3, 3] = 3e37
+    padding = ((1, 1), (1, 1))
+    expected = cpu.conv2d_forward(x, w, b, STRIDE1, padding, STRIDE1, algorithm="im2col")
+    np.testing.assert_array_equal(cpu.conv2d_forward(x, w, b, STRIDE1, padding, STRIDE1, algorithm="winograd"),
+                                  expected)
+    dy = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(
+        cpu.conv2d_backward_weight(dy, x, w.shape, STRIDE1, padding, STRIDE1, algorithm="winograd"),
+        cpu.conv2d_backward_weight(dy, x, w.shape, STRIDE1, padding, STRIDE1, algorithm="im2col"))
 
 
 @pytest.mark.parametrize("name,shape,expected", [
