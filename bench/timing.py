@@ -59,13 +59,23 @@ def measure(calls, timer, repeats, warmup):
     The first call (JIT compile, cache load) is timed apart on the wall clock;
     then ``warmup`` untimed calls; then ``repeats`` timed ones.
     """
+    first = _first_call_and_warmup(calls, timer, warmup)
+    return _summary(first, [timer(calls[i % len(calls)]) for i in range(max(1, repeats))])
+
+
+def _first_call_and_warmup(calls, timer, warmup):
+    """Wall-clock seconds of the first call (JIT compile, cache load), then ``warmup`` untimed calls."""
     start = time.perf_counter()
     calls[0]()
     timer.synchronize()
     first = time.perf_counter() - start
     for i in range(warmup):
         calls[i % len(calls)]()
-    times = [timer(calls[i % len(calls)]) for i in range(max(1, repeats))]
+    timer.synchronize()
+    return first
+
+
+def _summary(first, times):
     q25, median, q75 = np.percentile(times, [25, 50, 75])
     return dict(first_call_s=first, median_s=float(median), q25_s=float(q25), q75_s=float(q75),
                 min_s=float(min(times)), repeats=len(times))
@@ -89,13 +99,7 @@ def measure_interleaved(entries, repeats, warmup, block=5):
     for calls, timer, setup in entries:
         if setup:
             setup()
-        start = time.perf_counter()
-        calls[0]()
-        timer.synchronize()
-        firsts.append(time.perf_counter() - start)
-        for i in range(warmup):
-            calls[i % len(calls)]()
-        timer.synchronize()
+        firsts.append(_first_call_and_warmup(calls, timer, warmup))
     repeats = max(1, repeats)
     rounds = -(-repeats // block)
     for r in range(rounds):
@@ -107,9 +111,4 @@ def measure_interleaved(entries, repeats, warmup, block=5):
             time.sleep(SWITCH_PAUSE_S)
             for i in range(min(block, repeats - r * block)):
                 times[k].append(timer(calls[(r * block + i) % len(calls)]))
-    summaries = []
-    for first, samples in zip(firsts, times):
-        q25, median, q75 = np.percentile(samples, [25, 50, 75])
-        summaries.append(dict(first_call_s=first, median_s=float(median), q25_s=float(q25), q75_s=float(q75),
-                              min_s=float(min(samples)), repeats=len(samples)))
-    return summaries
+    return [_summary(first, samples) for first, samples in zip(firsts, times)]

@@ -30,9 +30,7 @@ def matmul(a, b):
     m, k = a.shape
     n = b.shape[1]
     parts = min(runtime.threads(), m, max(1, 2 * m * n * k // PARALLEL_MIN_FLOPS))
-    if parts <= 1 or k == 0:
-        return a @ b
-    if not a.flags.c_contiguous:
+    if parts <= 1 or k == 0 or not a.flags.c_contiguous:
         return a @ b
     out = np.empty((m, n), a.dtype)
     # row ranges of a C-contiguous ``a`` are contiguous; b may be either layout (a transposed weight is F)

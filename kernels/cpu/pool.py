@@ -100,9 +100,11 @@ def _max_pool_forward(p0, p1, x, y, argmax, PH, PW, sh, sw, pt, pl):
 
 
 @njit(inline="always")
-def _take(v, best):
-    """Whether tap value v replaces the window's best so far: larger, or the first NaN (NaN propagates)."""
-    return (v > best) | ((v != v) & (best == best))
+def _consider(v, tap, best, at):
+    """The window's (best, argmax) after tap ``tap`` of value v: v replaces the best so far when larger, or
+    when it is the first NaN (NaN propagates); written as a select, not a branch."""
+    take = (v > best) | ((v != v) & (best == best))
+    return (v, tap) if take else (best, at)
 
 
 @njit(**JIT)
@@ -118,16 +120,9 @@ def _max_pool_2x2(p0, p1, x, y, argmax):
             top, bottom = x_plane[2 * oh], x_plane[2 * oh + 1]
             y_row, argmax_row = y_plane[oh], argmax_plane[oh]
             for ow in range(OW):
-                best, at = top[2 * ow], 0
-                v = top[2 * ow + 1]
-                take = _take(v, best)
-                best, at = (v, 1) if take else (best, at)
-                v = bottom[2 * ow]
-                take = _take(v, best)
-                best, at = (v, 2) if take else (best, at)
-                v = bottom[2 * ow + 1]
-                take = _take(v, best)
-                best, at = (v, 3) if take else (best, at)
+                best, at = _consider(top[2 * ow + 1], 1, top[2 * ow], 0)
+                best, at = _consider(bottom[2 * ow], 2, best, at)
+                best, at = _consider(bottom[2 * ow + 1], 3, best, at)
                 y_row[ow] = best
                 argmax_row[ow] = at
 

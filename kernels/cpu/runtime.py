@@ -193,14 +193,14 @@ def workspace_budget(workspace_bytes):
 # --------------------------------------------------------------------------- workspace planning
 
 def image_units(n_images, out_h, out_w, bytes_per_column, budget):
-    """Split the batch into contiguous image ranges, one per worker (one image each if images are huge).
+    """Split the batch into contiguous image ranges, one per thread (one image each if images are huge).
 
     A *column* is one output position's share of the workspace (im2col: a column of the
     column matrix; Winograd: one tile's transforms), ``out_h x out_w`` of them per image.
     """
-    if out_h * out_w * bytes_per_column > budget // workers():
+    if out_h * out_w * bytes_per_column > budget // threads():
         return [(n, n + 1) for n in range(n_images)]
-    count = min(workers(), n_images)
+    count = min(threads(), n_images)
     if count == 0:
         return []
     bounds = [n_images * i // count for i in range(count + 1)]
@@ -270,8 +270,6 @@ def threads():
     """Threads a kernel call may use: the cores (Numba's count), or 1 inside ``serial()``."""
     return 1 if getattr(_thread_state, "serial", False) else max(1, numba.get_num_threads())
 
-
-workers = threads  # the name the planners use
 
 
 def parts(count, cost_per_item, per_thread=1):

@@ -272,27 +272,27 @@ def _pack_input(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
 
 
 @njit(**JIT)
-def _input_transform(canvas, V, L, T):
-    """V[4p + q, c*T + g] = (Bᵀ d B)[p, q] of tile g's patch d in channel c, from the packed canvas (C, 4, ...).
+def _input_transform(planes, V, column, L, T, C):
+    """V[4p + q, column + g*C + c] = (Bᵀ d B)[p, q] of tile g's patch d in channel c, for a canvas whose four
+    parity planes ``planes`` (4, ...) hold C channels innermost (``_pack_input_t``; C = 1 for one channel of
+    ``_pack_input``'s canvas): one loop over (tile, channel) per ξ, the patch offsets scaled by C.
 
-    V: (16, >= C*T), C-contiguous (planes padded apart): a 'C' layout keeps every loop unit-stride.
+    V: (16, ...), C-contiguous (planes padded apart): a 'C' layout keeps every loop unit-stride.
     """
-    C = canvas.shape[0]
-    for c in range(C):
-        planes = canvas[c]
-        for p in range(4):
-            i1, i2, sign_i = B_ROWS[p, 0], B_ROWS[p, 1], B_ROWS[p, 2]
-            for q in range(4):
-                j1, j2, sign_j = B_ROWS[q, 0], B_ROWS[q, 1], B_ROWS[q, 2]
-                # d[i][j] of every tile: plane (i%2, j%2) from offset (i//2)*L + j//2
-                o11 = (i1 // 2) * L + j1 // 2
-                o12 = (i1 // 2) * L + j2 // 2
-                o21 = (i2 // 2) * L + j1 // 2
-                o22 = (i2 // 2) * L + j2 // 2
-                _sum4(V[4 * p + q, c * T:(c + 1) * T],
-                      planes[2 * (i1 % 2) + j1 % 2, o11:o11 + T], planes[2 * (i1 % 2) + j2 % 2, o12:o12 + T],
-                      planes[2 * (i2 % 2) + j1 % 2, o21:o21 + T], planes[2 * (i2 % 2) + j2 % 2, o22:o22 + T],
-                      sign_j < 0, sign_i < 0)
+    size = T * C
+    for p in range(4):
+        i1, i2, sign_i = B_ROWS[p, 0], B_ROWS[p, 1], B_ROWS[p, 2]
+        for q in range(4):
+            j1, j2, sign_j = B_ROWS[q, 0], B_ROWS[q, 1], B_ROWS[q, 2]
+            # d[i][j] of every tile: plane (i%2, j%2) from offset ((i//2)*L + j//2) * C
+            o11 = ((i1 // 2) * L + j1 // 2) * C
+            o12 = ((i1 // 2) * L + j2 // 2) * C
+            o21 = ((i2 // 2) * L + j1 // 2) * C
+            o22 = ((i2 // 2) * L + j2 // 2) * C
+            _sum4(V[4 * p + q, column:column + size],
+                  planes[2 * (i1 % 2) + j1 % 2, o11:o11 + size], planes[2 * (i1 % 2) + j2 % 2, o12:o12 + size],
+                  planes[2 * (i2 % 2) + j1 % 2, o21:o21 + size], planes[2 * (i2 % 2) + j2 % 2, o22:o22 + size],
+                  sign_j < 0, sign_i < 0)
 
 
 @njit(**JIT)
@@ -467,25 +467,6 @@ def _pack_input_t(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
     return ok
 
 
-@njit(**JIT)
-def _input_transform_t(canvas, Vt, L, T, C):
-    """Vt[4p + q, g*C + c] = (Bᵀ d B)[p, q] of tile g's patch d in channel c, from _pack_input_t's canvas:
-    one loop over (tile, channel) per ξ, the patch offsets scaled by C."""
-    size = T * C
-    for p in range(4):
-        i1, i2, sign_i = B_ROWS[p, 0], B_ROWS[p, 1], B_ROWS[p, 2]
-        for q in range(4):
-            j1, j2, sign_j = B_ROWS[q, 0], B_ROWS[q, 1], B_ROWS[q, 2]
-            o11 = ((i1 // 2) * L + j1 // 2) * C
-            o12 = ((i1 // 2) * L + j2 // 2) * C
-            o21 = ((i2 // 2) * L + j1 // 2) * C
-            o22 = ((i2 // 2) * L + j2 // 2) * C
-            _sum4(Vt[4 * p + q, :size],
-                  canvas[2 * (i1 % 2) + j1 % 2, o11:o11 + size], canvas[2 * (i1 % 2) + j2 % 2, o12:o12 + size],
-                  canvas[2 * (i2 % 2) + j1 % 2, o21:o21 + size], canvas[2 * (i2 % 2) + j2 % 2, o22:o22 + size],
-                  sign_j < 0, sign_i < 0)
-
-
 # --------------------------------------------------------------------------- passes
 # Each worker runs its blocks in one Numba call, GEMMs included (np.dot through SciPy's BLAS):
 # with a Python loop per block, the two workers' GIL hand-offs cost a quarter of the time.
@@ -516,7 +497,8 @@ def _correlate_blocks(x, U, bias, use_bias, relu, y, top, left, blocks, buf, lim
         out = buf[size + 8 * K * T:size + 12 * K * T].reshape(2, 2 * K * T)
         if not _pack_input(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
             return False
-        _input_transform(canvas, V, L, T)
+        for c in range(C):
+            _input_transform(canvas[c], V, c * T, L, T, 1)
         for xi in range(16):
             np.dot(U[xi], V[xi, :C * T].reshape(C, T), M[xi, :K * T].reshape(K, T))
         _output_transform(M, S, out)
@@ -542,7 +524,7 @@ def _weight_gradient_blocks(dy, x, top, left, blocks, buf, partial, limit):
         if not (_pack_input_t(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit)
                 and _pack_gradient(dy, planes, n0, n1, th0, th1, tw0, tw1, limit)):
             return False
-        _input_transform_t(canvas, Vt, L, T, C)
+        _input_transform(canvas, Vt, 0, L, T, C)
         _gradient_transform(planes, K * T)
         for xi in range(16):
             np.dot(planes[GRAD_PLANE[xi], :K * T].reshape(K, T), Vt[xi, :T * C].reshape(T, C), product)
