@@ -112,22 +112,31 @@ def test_zero_channels_and_zero_filters(rng):
 @pytest.mark.parametrize("shape, window", [
     ((2, 3, 7, 9), 2),     # ragged: the last row and column are in no window
     ((1, 2, 9, 10), 3),    # 3x3 windows tiling with a ragged column
-    ((2, 2, 6, 40), 2),    # rows of 20 windows
+    ((2, 2, 6, 40), 2),    # rows of 20 windows: a 16-wide vector, then one overlapping it
     ((1, 1, 5, 33), 2),    # 16 windows per row and a ragged column
+    ((2, 1, 4, 64), 2),    # 32 windows per row: two 16-wide vectors, no overlap
+    ((1, 2, 3, 31), 2),    # 15 windows per row: 8-wide vectors overlapping; ragged row and column
+    ((2, 3, 6, 14), 2),    # 7 windows per row (MNIST's second pool): 4-wide vectors overlapping
+    ((1, 1, 4, 8), 2),     # 4 windows per row: one 4-wide vector
+    ((1, 2, 5, 7), 2),     # 3 windows per row: the scalar path
     ((3, 1, 8, 12), (2, 3)),  # non-square windows: the division path
 ])
-def test_tiled_max_pool_backward_against_loops(shape, window, rng):
-    """The tiled fast path (stride == window, no padding): gradients at the first maximum, zeros elsewhere
-    and in uncovered edges; with ties (a constant plane) and a NaN."""
-    x = rng.standard_normal(shape).astype(np.float32)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tiled_max_pool_backward_against_loops(shape, window, dtype, rng):
+    """The tiled fast paths (stride == window, no padding): gradients at the first maximum, zeros elsewhere
+    and in uncovered edges; with ties (a constant plane), a NaN in x and a NaN and infinity in dy."""
+    x = rng.standard_normal(shape).astype(dtype)
     x[0, 0] = 1.0  # ties everywhere: the first maximum in row-major window order gets the gradient
     x[-1, -1, 1, 1] = np.nan
     pool, padding = (window, window) if isinstance(window, int) else window, ((0, 0), (0, 0))
     y, argmax = cpu.pool2d_forward(x, "max", pool, pool, padding)
-    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dy.reshape(-1)[1] = np.nan
+    dy.reshape(-1)[-1] = -np.inf
     dx = cpu.pool2d_backward(dy, argmax, shape, "max", pool, pool, padding)
     finite = np.nan_to_num(x, nan=np.inf)  # the reference's argmax takes NaN as the maximum, like ours
-    np.testing.assert_array_equal(dx, ref.pool2d_grad(finite, dy, "max", pool, pool, padding).astype(np.float32))
+    assert dx.dtype == dtype
+    np.testing.assert_array_equal(dx, ref.pool2d_grad(finite, dy, "max", pool, pool, padding).astype(dtype))
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 2, 2, 2), (3, 2, 8, 8), (1, 1, 5, 3)])
