@@ -10,7 +10,9 @@ workspace sizes).
 Conventions for every kernel:
 
 * activations are NCHW, conv weights KCRS, all float32 or float64 (one dtype per
-  call); outputs have the inputs' dtype; max-pool's argmax is int32;
+  call); outputs have the inputs' dtype; max-pool's argmax is int32, or on the
+  CPU uint8 for windows of at most 256 taps (a backend's pool2d_backward takes
+  the argmax its own pool2d_forward gave);
 * arguments arrive checked and normalized by ``gpuconv.geometry``: ``stride``,
   ``dilation`` and ``pool`` are ``(h, w)`` pairs of positive ints, ``padding`` is
   ``((top, bottom), (left, right))`` of non-negative ints;
@@ -43,7 +45,7 @@ def conv2d_backward_bias(dy):
 def pool2d_forward(x, mode, pool, stride, padding):
     """``mode`` 'max' or 'avg' pooling of x (N, C, H, W) -> (y (N, C, OH, OW), argmax or None).
 
-    Max: argmax (int32, y's shape) is the row-major index ``r*PW + s`` of the first
+    Max: argmax (integer, y's shape) is the row-major index ``r*PW + s`` of the first
     maximum in its window; a NaN wins. Avg: mean over the real (unpadded) elements.
     """
 

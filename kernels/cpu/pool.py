@@ -1,6 +1,8 @@
 """CPU pooling: max (with argmax) and average, forward and backward, as Numba loops over (image, channel) planes.
 
-Max-pool stores the argmax as the row-major index inside the window. Backward
+Max-pool stores the argmax as the row-major index inside the window, in one byte
+(uint8) when a window has at most 256 taps: pooling is memory-bound, and an int32
+argmax was a third of the 2x2 backward's reads. Backward
 passes give each plane to one thread, which visits the windows in row-major
 order: no atomics, and bit-identical results run to run even with overlapping
 windows. Ties go to the first maximum in row-major order; a NaN in a window wins
@@ -23,6 +25,12 @@ from . import runtime
 from .runtime import JIT, PARALLEL, clipped_window, fill_zero, part_range, valid_output_range
 
 _u = np.uint64
+TAP_TYPES = (types.uint8, types.int32)  # argmax dtypes the 2x2 backward reads
+
+
+def argmax_dtype(pool):
+    """The argmax's dtype for windows of ``pool`` (PH, PW): uint8 up to 256 taps, else int32."""
+    return np.dtype(np.uint8 if pool[0] * pool[1] <= 256 else np.int32)
 
 
 @njit(inline="always")
@@ -196,11 +204,11 @@ def _spread_2x2(width):
     scatter, whose one store per window bound the loop (1.5-2.3x slower on the benchmark's shapes)."""
     def typer(typingctx, dx, top, bottom, dy, taps, j):
         if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (dx, dy, taps))
-                and dx.dtype == dy.dtype and isinstance(dx.dtype, types.Float) and taps.dtype == types.int32):
+                and dx.dtype == dy.dtype and isinstance(dx.dtype, types.Float) and taps.dtype in TAP_TYPES):
             return None
 
         def codegen(context, builder, signature, args):
-            element, index = context.get_value_type(dx.dtype), ir.IntType(32)
+            element, index, tap_int = context.get_value_type(dx.dtype), ir.IntType(32), ir.IntType(taps.dtype.bitwidth)
             size = context.get_abi_sizeof(element)
 
             def vector_at(array_type, array, i, vector_type):
@@ -209,10 +217,10 @@ def _spread_2x2(width):
 
             def splat(vector_type, value):
                 return ir.Constant(vector_type, [ir.Constant(vector_type.element, value)] * vector_type.count)
-            grads_type, taps_type = ir.VectorType(element, width), ir.VectorType(index, width)
+            grads_type, taps_type = ir.VectorType(element, width), ir.VectorType(tap_int, width)
             rows_type = ir.VectorType(element, 2 * width)
             grads = builder.load(vector_at(dy, args[3], args[5], grads_type), align=size)
-            tap_ids = builder.load(vector_at(taps, args[4], args[5], taps_type), align=4)
+            tap_ids = builder.load(vector_at(taps, args[4], args[5], taps_type), align=taps.dtype.bitwidth // 8)
             at_tap = [builder.select(builder.icmp_signed("==", tap_ids, splat(taps_type, tap)), grads,
                                      splat(grads_type, 0.0)) for tap in range(4)]
             # lanes 2k and 2k + 1 of a dx row: window k's left and right taps
@@ -346,10 +354,10 @@ def _pool_backward_parts(dy, argmax, dx, is_max, PH, PW, sh, sw, pt, pl, parts):
 
 
 def pool2d_forward(x, mode, pool, stride, padding):
-    """Max or average pooling of x (N, C, H, W) -> (y (N, C, OH, OW), argmax int32 (N, C, OH, OW) or None).
+    """Max or average pooling of x (N, C, H, W) -> (y (N, C, OH, OW), argmax (N, C, OH, OW) or None).
 
     ``argmax`` holds, for max pooling, the row-major index ``r*PW + s`` of the chosen
-    element inside its window.
+    element inside its window (dtype ``argmax_dtype(pool)``).
     """
     N, C, H, W = x.shape
     OH, OW = output_hw((H, W), padding, pool, stride)
@@ -358,7 +366,7 @@ def pool2d_forward(x, mode, pool, stride, padding):
     args = (pool[0], pool[1], stride[0], stride[1], padding[0][0], padding[1][0])
     parts = runtime.parts(N * C, x.size // max(N * C, 1), runtime.SPLIT)
     if mode == "max":
-        argmax = np.empty((N, C, OH, OW), np.int32)
+        argmax = np.empty((N, C, OH, OW), argmax_dtype(pool))
         if pool == stride == (2, 2) and padding == ((0, 0), (0, 0)):
             runtime.launch(_max_pool_2x2_parts, x, y, argmax, parts)
         else:
@@ -369,12 +377,16 @@ def pool2d_forward(x, mode, pool, stride, padding):
 
 
 def pool2d_backward(dy, argmax, x_shape, mode, pool, stride, padding):
-    """Gradient of pool2d_forward: dy (N, C, OH, OW) -> dx with ``x_shape`` (N, C, H, W)."""
+    """Gradient of pool2d_forward: dy (N, C, OH, OW) -> dx with ``x_shape`` (N, C, H, W); ``argmax`` as
+    pool2d_forward gives it (any other integer dtype is taken as int32)."""
     dy = np.ascontiguousarray(dy)
     dx = np.empty(x_shape, dy.dtype)
     args = (pool[0], pool[1], stride[0], stride[1], padding[0][0], padding[1][0])
     is_max = mode == "max"
-    argmax = np.ascontiguousarray(argmax, np.int32) if is_max else np.zeros((1, 1, 1, 1), np.int32)
+    if is_max:
+        argmax = np.ascontiguousarray(argmax, argmax.dtype if argmax.dtype == np.uint8 else np.int32)
+    else:
+        argmax = np.zeros((1, 1, 1, 1), np.uint8)
     planes, plane_size = x_shape[0] * x_shape[1], x_shape[2] * x_shape[3]
     parts = runtime.parts(planes, plane_size, runtime.SPLIT)
     if is_max and pool == stride == (2, 2) and padding == ((0, 0), (0, 0)):  # Keras's default

@@ -159,3 +159,21 @@ def test_2x2_max_pool_fast_path_against_loops(shape, rng):
                     tap = nan[0] if nan.size else int(np.argmax(window))  # argmax: the first maximum
                     assert argmax[n, c, oh, ow] == tap
                     np.testing.assert_array_equal(y[n, c, oh, ow], np.float32(window[tap]))
+
+
+@pytest.mark.parametrize("pool, dtype", [((2, 2), np.uint8), ((3, 3), np.uint8), ((16, 16), np.uint8),
+                                         ((17, 16), np.int32)])
+def test_argmax_dtype_and_wide_windows_against_loops(pool, dtype, rng):
+    """The CPU argmax takes one byte up to 256 taps per window (taps 0..255) and int32 beyond; both ways, and
+    an int32 or int64 copy of a uint8 argmax, give the float64 loops' gradient."""
+    shape = (2, 2, 2 * pool[0] + 1, 2 * pool[1] + 3)
+    x = rng.standard_normal(shape)
+    x[0, 0, pool[0] - 1, pool[1] - 1] = 10.0  # the last tap (255 for 16x16) of the first window
+    for stride, padding in ((pool, ((0, 0), (0, 0))), ((3, 2), ((1, 1), (0, 1)))):
+        y, argmax = cpu.pool2d_forward(x, "max", pool, stride, padding)
+        assert argmax.dtype == dtype
+        dy = rng.standard_normal(y.shape)
+        want = ref.pool2d_grad(x, dy, "max", pool, stride, padding)
+        for taps in (argmax, argmax.astype(np.int32), argmax.astype(np.int64)):
+            np.testing.assert_array_equal(cpu.pool2d_backward(dy, taps, shape, "max", pool, stride, padding), want)
+    assert cpu.pool2d_forward(x, "max", pool, pool, ((0, 0), (0, 0)))[1][0, 0, 0, 0] == pool[0] * pool[1] - 1
