@@ -139,16 +139,24 @@ def test_tiled_max_pool_backward_against_loops(shape, window, dtype, rng):
     np.testing.assert_array_equal(dx, ref.pool2d_grad(finite, dy, "max", pool, pool, padding).astype(dtype))
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 2, 2, 2), (3, 2, 8, 8), (1, 1, 5, 3)])
-def test_2x2_max_pool_fast_path_against_loops(shape, rng):
-    """2x2 windows at stride 2 (the fast path): maxima and argmax against float64 loops, with ties (first
-    maximum in row-major order), a NaN (it wins and propagates), infinities and ragged edges."""
-    x = rng.standard_normal(shape).astype(np.float32)
+@pytest.mark.parametrize("shape", [
+    (2, 3, 7, 9), (1, 2, 2, 2), (3, 2, 8, 8), (1, 1, 5, 3),  # 4 windows a row (one vector), 1 (scalar)
+    (2, 1, 4, 14), (2, 2, 5, 30), (1, 1, 3, 33), (1, 2, 6, 41), (1, 1, 2, 64),  # 7, 15, 16, 20, 32 a row
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_2x2_max_pool_fast_path_against_loops(shape, dtype, rng):
+    """2x2 windows at stride 2 (the fast path, a vector of windows at a time with overlapping row ends):
+    maxima and argmax against float64 loops, with ties (first maximum in row-major order), NaNs (the first
+    in a window wins and propagates), infinities and ragged edges."""
+    x = rng.standard_normal(shape).astype(dtype)
     x[0, 0] = 1.0
-    x.reshape(-1)[5] = np.nan
-    x.reshape(-1)[-3] = np.inf
-    x.reshape(-1)[-5] = -np.inf
+    flat = x.reshape(-1)
+    flat[[5, -3, -5]] = np.nan, np.inf, -np.inf
+    flat[(flat.size - 9) % flat.size] = np.nan
+    x[-1, -1, 0, 1] = x[-1, -1, 1, 1] = np.nan  # two NaNs in one window: the first (tap 1) wins
     y, argmax = cpu.pool2d_forward(x, "max", (2, 2), (2, 2), ((0, 0), (0, 0)))
+    assert y.dtype == dtype and argmax.dtype == np.uint8
+    assert argmax[-1, -1, 0, 0] == 1
     N, C, H, W = shape
     for n in range(N):
         for c in range(C):
@@ -158,7 +166,7 @@ def test_2x2_max_pool_fast_path_against_loops(shape, rng):
                     nan = np.flatnonzero(np.isnan(window))
                     tap = nan[0] if nan.size else int(np.argmax(window))  # argmax: the first maximum
                     assert argmax[n, c, oh, ow] == tap
-                    np.testing.assert_array_equal(y[n, c, oh, ow], np.float32(window[tap]))
+                    np.testing.assert_array_equal(y[n, c, oh, ow], dtype(window[tap]))
 
 
 @pytest.mark.parametrize("pool, dtype", [((2, 2), np.uint8), ((3, 3), np.uint8), ((16, 16), np.uint8),
