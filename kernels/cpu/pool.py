@@ -25,7 +25,7 @@ from . import runtime
 from .runtime import JIT, PARALLEL, clipped_window, fill_zero, part_range, valid_output_range
 
 _u = np.uint64
-TAP_TYPES = (types.uint8, types.int32)  # argmax dtypes the 2x2 backward reads
+TAP_TYPES = (types.uint8, types.int32)  # argmax dtypes the 2x2 vector kernels read and write
 
 
 def argmax_dtype(pool):
@@ -141,8 +141,7 @@ class _Lanes:
 
     def _pointer(self, where, vector_type):
         array_type, array, offset = self._at[where]
-        data = self.context.make_array(array_type)(self.context, self.builder, array).data
-        return self.builder.bitcast(self.builder.gep(data, [offset]), vector_type.as_pointer())
+        return runtime.vector_at(self.context, self.builder, array_type, array, offset, vector_type)
 
     def load(self, where, count):
         element = self.tap_type if where == "taps" else self.float_type
@@ -152,9 +151,7 @@ class _Lanes:
     def store(self, value, where):
         self.builder.store(value, self._pointer(where, value.type), align=self.context.get_abi_sizeof(value.type.element))
 
-    @staticmethod
-    def splat(vector_type, value):
-        return ir.Constant(vector_type, [ir.Constant(vector_type.element, value)] * vector_type.count)
+    splat = staticmethod(runtime.splat)
 
     @staticmethod
     def lanes(indices):

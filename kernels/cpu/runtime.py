@@ -73,6 +73,17 @@ def fill_zero(row, start, stop):
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
+def vector_at(context, builder, array_type, array, index, vector_type):
+    """IR: a ``vector_type`` pointer to element ``index`` of the 1-D C-contiguous ``array`` (no bounds check)."""
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.bitcast(builder.gep(data, [index]), vector_type.as_pointer())
+
+
+def splat(vector_type, value):
+    """IR: a ``vector_type`` constant with ``value`` in every lane."""
+    return ir.Constant(vector_type, [ir.Constant(vector_type.element, value)] * vector_type.count)
+
+
 def line_intrinsic(compute, sources):
     """An intrinsic ``f(dst, i, source, ...)`` (``sources`` of them) that computes one cache line of dst, ``dst[i:i + L]``, from the
     same elements of the sources with ``compute(builder, zero, *lines)`` (LLVM vector IR) and writes it with a
@@ -85,13 +96,10 @@ def line_intrinsic(compute, sources):
             element = context.get_value_type(dst.dtype)
             size = context.get_abi_sizeof(element)
             line = ir.VectorType(element, CACHE_LINE // size)
-
-            def pointer(array_type, value):
-                data = context.make_array(array_type)(context, builder, value).data
-                return builder.bitcast(builder.gep(data, [args[1]]), line.as_pointer())
-            lines = [builder.load(pointer(t, v), align=size) for t, v in zip(signature.args[2:], args[2:])]
-            zero = ir.Constant(line, [ir.Constant(element, 0.0)] * line.count)
-            store = builder.store(compute(builder, zero, *lines), pointer(signature.args[0], args[0]), align=CACHE_LINE)
+            lines = [builder.load(vector_at(context, builder, t, v, args[1], line), align=size)
+                     for t, v in zip(signature.args[2:], args[2:])]
+            store = builder.store(compute(builder, splat(line, 0.0), *lines),
+                                  vector_at(context, builder, signature.args[0], args[0], args[1], line), align=CACHE_LINE)
             if _X86:
                 store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
             return context.get_dummy_value()
@@ -269,7 +277,6 @@ _layer_ready = False
 def threads():
     """Threads a kernel call may use: the cores (Numba's count), or 1 inside ``serial()``."""
     return 1 if getattr(_thread_state, "serial", False) else max(1, numba.get_num_threads())
-
 
 
 def parts(count, cost_per_item, per_thread=1):
