@@ -84,6 +84,13 @@ def splat(vector_type, value):
     return ir.Constant(vector_type, [ir.Constant(vector_type.element, value)] * vector_type.count)
 
 
+def splat_value(builder, vector_type, value):
+    """IR: a ``vector_type`` vector with the run-time scalar ``value`` in every lane."""
+    lane = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(lane, lane, ir.Constant(ir.VectorType(ir.IntType(32), vector_type.count),
+                                                          [ir.Constant(ir.IntType(32), 0)] * vector_type.count))
+
+
 def line_intrinsic(compute, sources):
     """An intrinsic ``f(dst, i, source, ...)`` (``sources`` of them) that computes one cache line of dst, ``dst[i:i + L]``, from the
     same elements of the sources with ``compute(builder, zero, *lines)`` (LLVM vector IR) and writes it with a

@@ -24,7 +24,9 @@ is a loop over the whole block with one output array and a few inputs at fixed o
 loops of that form vectorize (multi-output loops and loops over 7-tile rows did not), and
 the spare tiles (1 in ``tiles + 1``) are the price. The input is first split by the parity
 of its rows and columns (``_pack_input``), so patch element (i, j) of tile g is at
-``g + (i//2)*L + j//2`` of plane ``(i%2, j%2)``.
+``g + (i//2)*L + j//2`` of plane ``(i%2, j%2)``. The output transform goes the other way,
+straight from the GEMMs' products into y, a row of tiles at a time in explicit vectors of
+4-16 tiles (``_tiles_intrinsic``): as whole-block loops it took two scratch passes more.
 
 Not for non-finite or huge inputs: Winograd mixes all 16 inputs of a patch into all 4
 outputs of its tile, so an inf would turn neighbouring outputs into NaN. The pack kernels
@@ -33,10 +35,12 @@ value past the limit returns None, and the caller (``conv``) redoes it with im2c
 has the direct sum's semantics.
 """
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from . import runtime
-from .runtime import JIT, PARALLEL, fill_zero, valid_output_range
+from .runtime import JIT, PARALLEL, valid_output_range
 
 _u = np.uint64  # unsigned indices: no negative-index wraparound code in the loops
 
@@ -169,43 +173,6 @@ def _sum4(dst, a, b, c, d, minus_b, minus_c):
             dst[g] = a[g] + b[g] + c[g] + d[g]
 
 
-@njit(inline="always")
-def _a_columns(out0, out1, out2, out3, x, y):
-    """(x, y) -> (x, x + y, x - y, -y): multiplication by A = [[1, 0], [1, 1], [1, -1], [0, -1]]."""
-    for g in range(x.size):
-        out0[g] = x[g]
-    for g in range(x.size):
-        out1[g] = x[g] + y[g]
-    for g in range(x.size):
-        out2[g] = x[g] - y[g]
-    for g in range(x.size):
-        out3[g] = -y[g]
-
-
-@njit(inline="always")
-def _at_rows(out0, out1, m0, m1, m2, m3):
-    """(m0..m3) -> (m0 + m1 + m2, m1 - m2 - m3): multiplication by Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]."""
-    for g in range(m0.size):
-        out0[g] = m0[g] + m1[g] + m2[g]
-    for g in range(m0.size):
-        out1[g] = m1[g] - m2[g] - m3[g]
-
-
-@njit(inline="always")
-def _load_halves(src, even, odd, first, count, width):
-    """even[j] = src[first + 2j], odd[j] = src[first + 2j + 1] for j < count; 0 outside [0, width)."""
-    e_lo, e_hi = valid_output_range(0, -first, 2, width, count)
-    o_lo, o_hi = valid_output_range(1, -first, 2, width, count)
-    fill_zero(even, 0, e_lo)
-    fill_zero(even, e_hi, count)
-    fill_zero(odd, 0, o_lo)
-    fill_zero(odd, o_hi, count)
-    for j in range(e_lo, e_hi):
-        even[j] = src[first + 2 * j]
-    for j in range(o_lo, o_hi):
-        odd[j] = src[first + 2 * j + 1]
-
-
 # --------------------------------------------------------------------------- transforms
 
 @njit(**JIT)
@@ -230,9 +197,9 @@ def _pack_input(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
     zero = cs.dtype.type(0)
     ok = True
     h_lo, h_hi = max(0, 2 * th0 - top), min(H, 2 * th1 + 2 - top)
-    for c in range(C):
-        base = c * 4 * plane
-        for n in range(n1 - n0):
+    for n in range(n1 - n0):  # x's order: with the channel loop outside, each plane began a new stream
+        for c in range(C):
+            base = c * 4 * plane
             for h in range(h_lo, h_hi):
                 ph = h + top - 2 * th0  # canvas row (ph >> 1) of parity (ph & 1)
                 even = base + 2 * (ph & 1) * plane + (ph >> 1) * L + n * slot
@@ -257,6 +224,8 @@ def _pack_input(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
                     ok &= (abs(e) <= limit) & (abs(o) <= limit)
                     cs[_u(even + j)] = e
                     cs[_u(odd + j)] = o
+    for c in range(C):
+        base = c * 4 * plane
         for ph in range(2 * (rows + 1)):  # canvas rows over the padding above or below x
             h = 2 * th0 + ph - top
             if 0 <= h < H:
@@ -295,54 +264,120 @@ def _input_transform(planes, V, column, L, T, C):
                   sign_j < 0, sign_i < 0)
 
 
-@njit(**JIT)
-def _output_transform(M, S, out):
-    """out[a, 2g + b] = (Aᵀ m A)[a, b] of every tile g and filter (g over K*T): M (16, >= K*T) C-contiguous,
-    S (8, K*T) scratch, out (2, 2*K*T): output rows a, columns interleaved."""
-    size = S.shape[1]
-    for i in range(4):  # Aᵀ over the columns of m
-        _at_rows(S[2 * i], S[2 * i + 1], M[4 * i, :size], M[4 * i + 1, :size], M[4 * i + 2, :size],
-                 M[4 * i + 3, :size])
-    s00, s01, s10, s11, s20, s21, s30, s31 = S[0], S[1], S[2], S[3], S[4], S[5], S[6], S[7]
-    top, bottom = out[0], out[1]
-    for g in range(s00.size):  # Aᵀ over the rows, the two output columns interleaved
-        top[2 * g] = s00[g] + s10[g] + s20[g]
-        top[2 * g + 1] = s01[g] + s11[g] + s21[g]
-    for g in range(s00.size):
-        bottom[2 * g] = s10[g] - s20[g] - s30[g]
-        bottom[2 * g + 1] = s11[g] - s21[g] - s31[g]
+def _tile_outputs(b, m):
+    """IR: ``(top-left, top-right, bottom-left, bottom-right)`` = Aᵀ m A of tiles whose 16 elements ``m``
+    (row-major, 4x4) are vectors, built by ``b``. A = [[1, 0], [1, 1], [1, -1], [0, -1]]: Aᵀ over the
+    columns of m, then over the rows."""
+    s = []
+    for i in range(4):
+        s.append(b.fadd(b.fadd(m[4 * i], m[4 * i + 1]), m[4 * i + 2]))
+        s.append(b.fsub(b.fsub(m[4 * i + 1], m[4 * i + 2]), m[4 * i + 3]))
+    return (b.fadd(b.fadd(s[0], s[2]), s[4]), b.fadd(b.fadd(s[1], s[3]), s[5]),
+            b.fsub(b.fsub(s[2], s[4]), s[6]), b.fsub(b.fsub(s[3], s[5]), s[7]))
+
+
+def _activate(b, v, bias, zero, relu):
+    """relu?(v + bias), IR: NaN is not <= 0, so it propagates."""
+    v = b.fadd(v, bias)
+    return b.select(b.fcmp_ordered("<=", v, zero), zero, v) if relu else v
+
+
+def _tiles_intrinsic(width, relu, columns=2):
+    """An intrinsic ``f(y, top, bottom, both, M, plane, g, bias)`` that writes ``width`` adjacent 2x2 output
+    tiles: relu?(Aᵀ m A + bias) of tiles g..g+width of the 16 planes of M (flat, ``plane`` elements apart), to
+    y[top:top + 2*width] and, if ``both``, y[bottom:bottom + 2*width] (1-D C-contiguous arrays of one float
+    dtype; no bounds checks). One pass from M to y: 16 vector loads, the sums, two interleaving shuffles.
+    ``columns=1`` (width 1): the tile's left column only, for a tile whose right one is past y's edge."""
+    def typer(typingctx, y, top, bottom, both, M, plane, g, bias):
+        if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (y, M))
+                and y.dtype == M.dtype and isinstance(y.dtype, types.Float)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            y_value, top, bottom, both, M_value, plane, g, bias = args
+            element = context.get_value_type(y.dtype)
+            align = context.get_abi_sizeof(element)
+            vector = ir.VectorType(element, width)
+            bias = context.cast(builder, bias, signature.args[7], y.dtype)
+            bias_lanes = runtime.splat_value(builder, vector, bias)
+            m = [builder.load(runtime.vector_at(context, builder, M, M_value,
+                                                builder.add(g, builder.mul(plane, ir.Constant(plane.type, xi))), vector),
+                              align=align) for xi in range(16)]
+            zero = runtime.splat(vector, 0.0)
+            tl, tr, bl, br = (_activate(builder, v, bias_lanes, zero, relu) for v in _tile_outputs(builder, m))
+            if columns == 2:
+                interleave = ir.Constant(ir.VectorType(ir.IntType(32), 2 * width),
+                                         [ir.Constant(ir.IntType(32), k // 2 + (k % 2) * width) for k in range(2 * width)])
+                top_row, bottom_row = builder.shuffle_vector(tl, tr, interleave), builder.shuffle_vector(bl, br, interleave)
+            else:
+                top_row, bottom_row = tl, bl
+            builder.store(top_row, runtime.vector_at(context, builder, y, y_value, top, top_row.type), align=align)
+            with builder.if_then(context.cast(builder, both, signature.args[3], types.boolean)):
+                builder.store(bottom_row, runtime.vector_at(context, builder, y, y_value, bottom, bottom_row.type),
+                              align=align)
+            return context.get_dummy_value()
+        return types.void(y, top, bottom, both, M, plane, g, bias), codegen
+    typer.__name__ = f"_tiles_{width}x{columns}{'_relu' if relu else ''}"
+    return intrinsic(typer)
+
+
+def _tiles_row(relu):
+    """``row(y, top, bottom, both, M, plane, g, bias, count, ragged)``: ``count`` adjacent full tiles by
+    intrinsics of 16, 8 or 4 tiles (a row's last vector overlaps the one before and rewrites equal values),
+    rows of under 4 a tile at a time; then, if ``ragged``, one more tile whose right column is past y's edge,
+    its left column only."""
+    by16, by8, by4, by1 = (_tiles_intrinsic(width, relu) for width in (16, 8, 4, 1))
+    left_column = _tiles_intrinsic(1, relu, columns=1)
+
+    @njit(inline="always")
+    def row(y, top, bottom, both, M, plane, g, bias, count, ragged):
+        if count >= 16:
+            last = count - 16
+            for j in range(0, last, 16):
+                by16(y, top + 2 * j, bottom + 2 * j, both, M, plane, g + j, bias)
+            by16(y, top + 2 * last, bottom + 2 * last, both, M, plane, g + last, bias)
+        elif count >= 8:
+            by8(y, top, bottom, both, M, plane, g, bias)
+            by8(y, top + 2 * (count - 8), bottom + 2 * (count - 8), both, M, plane, g + count - 8, bias)
+        elif count >= 4:
+            by4(y, top, bottom, both, M, plane, g, bias)
+            by4(y, top + 2 * (count - 4), bottom + 2 * (count - 4), both, M, plane, g + count - 4, bias)
+        else:
+            for j in range(count):
+                by1(y, top + 2 * j, bottom + 2 * j, both, M, plane, g + j, bias)
+        if ragged:
+            left_column(y, top + 2 * count, bottom + 2 * count, both, M, plane, g + count, bias)
+    return row
+
+
+_tiles_row_plain, _tiles_row_relu = _tiles_row(False), _tiles_row(True)
 
 
 @njit(**JIT)
-def _store_output(out, y, bias, use_bias, relu, n0, n1, th0, th1, tw0, tw1):
-    """y's outputs of the block = relu?(out + bias), out (2, K, rows, 2L) from _output_transform.
-
-    Flat arrays and unsigned offsets, as in _pack_input.
-    """
+def _output_tiles(M, plane, y, bias, use_bias, relu, n0, n1, th0, th1, tw0, tw1):
+    """y's outputs of the block = relu?(Aᵀ m A + bias) of its tiles, m from M's 16 planes (flat, ``plane``
+    elements apart; tile g of filter k at k*T + g, g = r*L + n*(nt + 1) + j), straight into y."""
     K, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     nt, rows = tw1 - tw0, th1 - th0
     slot = nt + 1
     L = (n1 - n0) * slot
-    width = min(2 * tw1, OW) - 2 * tw0
+    T = rows * L
+    full = min(nt, (OW - 2 * tw0) // 2)  # tiles whose two columns are inside y
+    ragged = full < nt
+    ys = y.reshape(-1)
     zero = y.dtype.type(0)
-    outs, ys = out.reshape(-1), y.reshape(-1)
-    for n in range(n1 - n0):
-        for k in range(K):
-            b = bias[k] if use_bias else zero
-            for r in range(rows):
-                for a in range(2):
-                    oh = 2 * (th0 + r) + a
-                    if oh >= OH:
-                        continue
-                    src = ((a * K + k) * rows + r) * 2 * L + 2 * n * slot
-                    dst = (((n0 + n) * K + k) * OH + oh) * OW + 2 * tw0
-                    if relu:
-                        for j in range(width):
-                            v = outs[_u(src + j)] + b
-                            ys[_u(dst + j)] = zero if v <= 0 else v  # NaN is not <= 0, so it propagates
-                    else:
-                        for j in range(width):
-                            ys[_u(dst + j)] = outs[_u(src + j)] + b
+    for k in range(K):  # M's order: its 16 streams read front to back
+        b = bias[k] if use_bias else zero
+        for r in range(rows):
+            oh = 2 * (th0 + r)
+            both = oh + 1 < OH
+            for n in range(n1 - n0):
+                top = (((n0 + n) * K + k) * OH + oh) * OW + 2 * tw0
+                g = k * T + r * L + n * slot
+                if relu:
+                    _tiles_row_relu(ys, top, top + OW, both, M, plane, g, b, full, ragged)
+                else:
+                    _tiles_row_plain(ys, top, top + OW, both, M, plane, g, b, full, ragged)
 
 
 @njit(**JIT)
@@ -492,17 +527,13 @@ def _correlate_blocks(x, U, bias, use_bias, relu, y, top, left, blocks, buf, lim
         V = buf[size:size + 16 * (C * T + PLANE_PAD)].reshape(16, C * T + PLANE_PAD)
         size += 16 * (C * T + PLANE_PAD)
         M = buf[size:size + 16 * (K * T + PLANE_PAD)].reshape(16, K * T + PLANE_PAD)
-        size += 16 * (K * T + PLANE_PAD)
-        S = buf[size:size + 8 * K * T].reshape(8, K * T)
-        out = buf[size + 8 * K * T:size + 12 * K * T].reshape(2, 2 * K * T)
         if not _pack_input(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
             return False
         for c in range(C):
             _input_transform(canvas[c], V, c * T, L, T, 1)
         for xi in range(16):
             np.dot(U[xi], V[xi, :C * T].reshape(C, T), M[xi, :K * T].reshape(K, T))
-        _output_transform(M, S, out)
-        _store_output(out.reshape(2, K, rows, 2 * L), y, bias, use_bias, relu, n0, n1, th0, th1, tw0, tw1)
+        _output_tiles(M.reshape(-1), K * T + PLANE_PAD, y, bias, use_bias, relu, n0, n1, th0, th1, tw0, tw1)
     return True
 
 
@@ -567,6 +598,8 @@ def correlate(x, U, bias, relu, top, left, out_shape, limit, workspace_bytes=Non
     x, U = np.ascontiguousarray(x), np.ascontiguousarray(U)
     use_bias = bias is not None
     bias = np.ascontiguousarray(bias) if use_bias else np.zeros(1, x.dtype)
+    # 28 * K: M's 16 and the 12 an output transform through scratch once took; planning by 16 * K made
+    # larger blocks that ran no faster
     blocks, starts, scratch = _plan(N, OH, OW, C, K, 20 * C + 28 * K, x.dtype, workspace_bytes)
     ok = np.zeros(scratch.shape[0], np.bool_)
     runtime.launch(_correlate_parts, x, U, bias, use_bias, relu, y, top, left, blocks, starts, scratch, limit, ok,

@@ -20,6 +20,11 @@ WINOGRAD_CASES = [
     ((1, 5, 6, 5, 4), ((3, 1), (0, 3))),   # padding past the filter: outputs that see padding only
     ((2, 4, 1, 9, 5), ((1, 1), (1, 1))),   # one input row
     ((1, 4, 10, 1, 4), ((1, 1), (1, 1))),  # one input column
+    # output rows of 8, 16 + a ragged column, and 20 tiles: every vector width of the output tiles, and
+    # a row's last vector overlapping the one before
+    ((1, 4, 4, 16, 4), ((1, 1), (0, 0))),
+    ((2, 4, 5, 33, 4), ((1, 1), (1, 1))),
+    ((1, 4, 6, 40, 5), ((0, 1), (1, 1))),
 ]
 DIRECT_CASES = [
     ((2, 1, 9, 11, 4), ((1, 1), (1, 1))),
@@ -55,6 +60,9 @@ def test_winograd_against_float64_references(rng, shape, padding, workspace_byte
     np.testing.assert_allclose(y, expected, **_tolerance(dtype, expected))
     y_relu = cpu.conv2d_forward(x, w, b, STRIDE1, padding, STRIDE1, relu=True, **options)
     np.testing.assert_allclose(y_relu, np.maximum(expected, 0), **_tolerance(dtype, expected))
+    unbiased = ref.conv2d(x, w, None, STRIDE1, padding)
+    y_unbiased = cpu.conv2d_forward(x, w, None, STRIDE1, padding, STRIDE1, relu=True, **options)
+    np.testing.assert_allclose(y_unbiased, np.maximum(unbiased, 0), **_tolerance(dtype, unbiased))
     dy = rng.standard_normal(expected.shape).astype(dtype)
     dx_ref, dw_ref, _ = ref.conv2d_grads(x, w, dy, STRIDE1, padding, STRIDE1)
     dx = cpu.conv2d_backward_input(dy, w, x.shape, STRIDE1, padding, STRIDE1, **options)
