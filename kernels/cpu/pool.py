@@ -153,9 +153,7 @@ class _Lanes:
 
     splat = staticmethod(runtime.splat)
 
-    @staticmethod
-    def lanes(indices):
-        return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), [ir.Constant(ir.IntType(32), i) for i in indices])
+    lanes = staticmethod(runtime.lane_indices)
 
 
 def _window_rows_intrinsic(body, width):
@@ -199,9 +197,8 @@ def _spread_2x2(lanes):
     grads, taps = lanes.load("pooled", w), lanes.load("taps", w)
     at_tap = [b.select(b.icmp_signed("==", taps, lanes.splat(taps.type, tap)), grads, lanes.splat(grads.type, 0.0))
               for tap in range(4)]
-    interleave = lanes.lanes([k // 2 + (k % 2) * w for k in range(2 * w)])  # window k's left, right taps
-    lanes.store(b.shuffle_vector(at_tap[0], at_tap[1], interleave), "top")
-    lanes.store(b.shuffle_vector(at_tap[2], at_tap[3], interleave), "bottom")
+    lanes.store(runtime.interleave(b, at_tap[0], at_tap[1]), "top")  # window k's left, right taps
+    lanes.store(runtime.interleave(b, at_tap[2], at_tap[3]), "bottom")
 
 
 @njit(inline="always")

@@ -84,11 +84,21 @@ def splat(vector_type, value):
     return ir.Constant(vector_type, [ir.Constant(vector_type.element, value)] * vector_type.count)
 
 
+def lane_indices(indices):
+    """IR: a constant vector of i32 lane numbers, the mask of a shuffle."""
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), [ir.Constant(ir.IntType(32), i) for i in indices])
+
+
 def splat_value(builder, vector_type, value):
     """IR: a ``vector_type`` vector with the run-time scalar ``value`` in every lane."""
     lane = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(lane, lane, ir.Constant(ir.VectorType(ir.IntType(32), vector_type.count),
-                                                          [ir.Constant(ir.IntType(32), 0)] * vector_type.count))
+    return builder.shuffle_vector(lane, lane, lane_indices([0] * vector_type.count))
+
+
+def interleave(builder, a, b):
+    """IR: ``a[0], b[0], a[1], b[1], ...`` from two vectors of one width (left and right columns into a row)."""
+    width = a.type.count
+    return builder.shuffle_vector(a, b, lane_indices([k // 2 + (k % 2) * width for k in range(2 * width)]))
 
 
 def line_intrinsic(compute, sources):

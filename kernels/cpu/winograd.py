@@ -306,9 +306,7 @@ def _tiles_intrinsic(width, relu, columns=2):
             zero = runtime.splat(vector, 0.0)
             tl, tr, bl, br = (_activate(builder, v, bias_lanes, zero, relu) for v in _tile_outputs(builder, m))
             if columns == 2:
-                interleave = ir.Constant(ir.VectorType(ir.IntType(32), 2 * width),
-                                         [ir.Constant(ir.IntType(32), k // 2 + (k % 2) * width) for k in range(2 * width)])
-                top_row, bottom_row = builder.shuffle_vector(tl, tr, interleave), builder.shuffle_vector(bl, br, interleave)
+                top_row, bottom_row = runtime.interleave(builder, tl, tr), runtime.interleave(builder, bl, br)
             else:
                 top_row, bottom_row = tl, bl
             builder.store(top_row, runtime.vector_at(context, builder, y, y_value, top, top_row.type), align=align)
