@@ -13,7 +13,7 @@ Only rank 0 prints progress and writes ModelCheckpoint/CSVLogger files.
 
 Without mpi4py, or outside ``mpiexec`` (no PMI environment), ``init()`` gives a size-1 communicator and
 nothing changes. An uncaught exception on any rank prints its traceback once (that rank's) and calls
-``MPI_Abort``, so no rank waits forever in a collective.
+``MPI_Abort`` once the launcher has read it, so no rank waits forever in a collective.
 """
 from __future__ import annotations
 
@@ -188,9 +188,38 @@ def _abort_on_uncaught(comm, previous):
         sys.stderr.write(f"gpuconv.distributed: rank {comm.rank} of {comm.size} failed; aborting all ranks\n"
                          + "".join(traceback.format_exception(kind, value, tb)))
         sys.stderr.flush()
+        sys.stdout.flush()
+        _wait_until_launcher_reads((1, 2))
         comm.abort(1)
     hook.previous = previous
     return hook
+
+
+def _wait_until_launcher_reads(fds, limit_s=2.0):
+    """Wait (at most ``limit_s``) until the launcher has read what this rank wrote to the pipes ``fds``.
+
+    Hydra forwards a rank's output only while it runs: text still in the pipe when ``MPI_Abort`` lands can
+    be dropped, and was, about one job in fifty. Once the launcher has read it, it is sent ahead of the abort.
+    """
+    import stat
+    import struct
+    try:
+        import fcntl
+        import termios
+    except ImportError:  # not POSIX
+        return
+
+    def unread(fd):
+        try:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):  # a file or terminal keeps what was written
+                return 0
+            return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return 0
+
+    deadline = time.monotonic() + limit_s
+    while any(unread(fd) for fd in fds) and time.monotonic() < deadline:
+        time.sleep(0.002)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -89,6 +90,25 @@ def test_ranks_that_disagree_are_stopped_at_the_start_of_fit(tmp_path):
     code, _, stderr, _ = run(tmp_path, "odd_batch", timeout=90)
     assert code != 0 and "batch_size 15 must divide evenly over the 2 ranks" in stderr
 
+
+
+def test_a_failing_rank_waits_until_its_output_pipe_is_read():
+    """What a rank wrote before MPI_Abort must have left the pipe (the launcher drops what is still there)."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"the traceback")
+    read = threading.Event()
+
+    def launcher():
+        time.sleep(0.2)
+        os.read(read_end, 100)
+        read.set()
+
+    thread = threading.Thread(target=launcher)
+    thread.start()
+    gpuconv.distributed._wait_until_launcher_reads((write_end,), limit_s=60)
+    assert read.is_set()
+    thread.join()
+    os.close(read_end), os.close(write_end)
 
 def test_size_one_without_mpi4py_or_outside_mpiexec(tmp_path):
     comm = gpuconv.distributed.init()  # pytest is not started by mpiexec
