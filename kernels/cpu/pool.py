@@ -11,9 +11,9 @@ windows. Ties go to the first maximum in row-major order; a NaN in a window wins
 Branches: max-pool's comparison is written so it compiles to a select; as a
 branch on random data it mispredicted and cost 3-6x.
 
-2x2 windows at stride 2 (Keras's default) have fast paths both ways, a vector of
-windows at a time (``_max_2x2``, ``_spread_2x2``); the backward writes every
-input pixel once.
+2x2 windows at stride 2 (Keras's default) have fast paths both ways, max and
+average, a vector of windows at a time (``_max_2x2``, ``_spread_2x2``,
+``_avg_2x2``, ``_spread_avg_2x2``); the backward writes every input pixel once.
 """
 import numpy as np
 from llvmlite import ir
@@ -26,6 +26,7 @@ from .runtime import JIT, PARALLEL, clipped_window, fill_zero, part_range, valid
 
 _u = np.uint64
 TAP_TYPES = (types.uint8, types.int32)  # argmax dtypes the 2x2 vector kernels read and write
+_NO_TAPS = np.zeros((1, 1, 1, 1), np.uint8)  # the argmax argument of average pooling, never read
 
 
 def argmax_dtype(pool):
@@ -201,6 +202,28 @@ def _spread_2x2(lanes):
     lanes.store(runtime.interleave(b, at_tap[2], at_tap[3]), "bottom")
 
 
+def _avg_2x2(lanes):
+    """Forward: each window's mean, ``(((0 + a) + b) + c) + d`` times 1/4 (the general kernel's sum and rounding)."""
+    b, w = lanes.builder, lanes.width
+    even, odd = lanes.lanes(range(0, 2 * w, 2)), lanes.lanes(range(1, 2 * w, 2))
+    top, bottom = lanes.load("top", 2 * w), lanes.load("bottom", 2 * w)
+    total = lanes.splat(ir.VectorType(lanes.float_type, w), 0.0)
+    for row, lane in ((top, even), (top, odd), (bottom, even), (bottom, odd)):
+        total = b.fadd(total, b.shuffle_vector(row, row, lane))
+    lanes.store(b.fmul(total, lanes.splat(total.type, 0.25)), "pooled")
+
+
+def _spread_avg_2x2(lanes):
+    """Backward: a quarter of each window's gradient to each of its four pixels (plus 0, as the general kernel's
+    sum into zeros: a -0 gradient gives +0)."""
+    b, w = lanes.builder, lanes.width
+    grads = lanes.load("pooled", w)
+    quarter = b.fadd(lanes.splat(grads.type, 0.0), b.fmul(grads, lanes.splat(grads.type, 0.25)))
+    both = runtime.interleave(b, quarter, quarter)
+    lanes.store(both, "top")
+    lanes.store(both, "bottom")
+
+
 @njit(inline="always")
 def _max_2x2_scalar(plane, top, bottom, pooled, taps, first, count):
     for ow in range(count):
@@ -216,6 +239,23 @@ def _spread_2x2_scalar(plane, top, bottom, pooled, taps, first, count):
         g, tap = pooled[first + ow], taps[first + ow]
         plane[top + 2 * ow], plane[top + 2 * ow + 1] = (g if tap == 0 else 0), (g if tap == 1 else 0)
         plane[bottom + 2 * ow], plane[bottom + 2 * ow + 1] = (g if tap == 2 else 0), (g if tap == 3 else 0)
+
+
+@njit(inline="always")
+def _avg_2x2_scalar(plane, top, bottom, pooled, taps, first, count):
+    zero = plane.dtype.type(0)
+    for ow in range(count):
+        total = zero + plane[top + 2 * ow] + plane[top + 2 * ow + 1]
+        total = total + plane[bottom + 2 * ow] + plane[bottom + 2 * ow + 1]
+        pooled[first + ow] = total * 0.25
+
+
+@njit(inline="always")
+def _spread_avg_2x2_scalar(plane, top, bottom, pooled, taps, first, count):
+    zero = plane.dtype.type(0)
+    for ow in range(count):
+        g = zero + pooled[first + ow] * 0.25
+        plane[top + 2 * ow] = plane[top + 2 * ow + 1] = plane[bottom + 2 * ow] = plane[bottom + 2 * ow + 1] = g
 
 
 def _row_2x2(body, scalar):
@@ -243,36 +283,46 @@ def _row_2x2(body, scalar):
 
 _max_2x2_row = _row_2x2(_max_2x2, _max_2x2_scalar)
 _spread_2x2_row = _row_2x2(_spread_2x2, _spread_2x2_scalar)
+_avg_2x2_row = _row_2x2(_avg_2x2, _avg_2x2_scalar)
+_spread_avg_2x2_row = _row_2x2(_spread_avg_2x2, _spread_avg_2x2_scalar)
+
+
+@njit(inline="always")
+def _rows_2x2(row, p0, p1, plane, pooled, taps, H, W, OH, OW, zero_edges):
+    """``row`` over every output row of planes p0..p1 (flat arrays); ``zero_edges``: also zero the input rows
+    and columns an odd height or width leaves outside the windows (the backward writes every element)."""
+    for p in range(p0, p1):
+        for oh in range(OH):
+            top = (p * H + 2 * oh) * W
+            row(plane, top, top + W, pooled, taps, (p * OH + oh) * OW, OW)
+            if zero_edges and W % 2:
+                plane[top + W - 1] = plane[top + 2 * W - 1] = 0
+        if zero_edges and H % 2:
+            fill_zero(plane, (p * H + H - 1) * W, (p + 1) * H * W)
 
 
 @njit(**JIT)
-def _max_pool_2x2(p0, p1, x, y, argmax):
-    """Max-pool of 2x2 windows at stride 2 without padding: the general kernel's result (first maximum, first
-    NaN) with no NaN pre-scan and no branch."""
-    H, W = x.shape[2], x.shape[3]
-    OH, OW = y.shape[2], y.shape[3]
+def _pool_2x2(p0, p1, x, y, argmax, mean):
+    """Pooling of 2x2 windows at stride 2 without padding, planes p0..p1: max with its argmax (the general
+    kernel's result, first maximum, first NaN, with no NaN pre-scan and no branch), or with ``mean`` the
+    average (``argmax`` unused). The choice is made once: tested per row, it cost 2x on 7-window rows."""
     xs, ys, taps = x.reshape(-1), y.reshape(-1), argmax.reshape(-1)
-    for plane in range(p0, p1):
-        for oh in range(OH):
-            top = (plane * H + 2 * oh) * W
-            _max_2x2_row(xs, top, top + W, ys, taps, (plane * OH + oh) * OW, OW)
+    H, W, OH, OW = x.shape[2], x.shape[3], y.shape[2], y.shape[3]
+    if mean:
+        _rows_2x2(_avg_2x2_row, p0, p1, xs, ys, taps, H, W, OH, OW, False)
+    else:
+        _rows_2x2(_max_2x2_row, p0, p1, xs, ys, taps, H, W, OH, OW, False)
 
 
 @njit(**JIT)
-def _max_pool_backward_2x2(p0, p1, dy, argmax, dx):
-    """Max-pool backward of 2x2 windows at stride 2 without padding: every dx element written once, rows
-    and columns an odd height or width leaves outside the windows set to zero."""
-    H, W = dx.shape[2], dx.shape[3]
-    OH, OW = dy.shape[2], dy.shape[3]
+def _pool_backward_2x2(p0, p1, dy, argmax, dx, mean):
+    """Backward of ``_pool_2x2``: every dx element written once."""
     dxs, dys, taps = dx.reshape(-1), dy.reshape(-1), argmax.reshape(-1)
-    for plane in range(p0, p1):
-        for oh in range(OH):
-            top = (plane * H + 2 * oh) * W
-            _spread_2x2_row(dxs, top, top + W, dys, taps, (plane * OH + oh) * OW, OW)
-            if W % 2:
-                dxs[top + W - 1] = dxs[top + 2 * W - 1] = 0
-        if H % 2:
-            fill_zero(dxs, (plane * H + H - 1) * W, (plane + 1) * H * W)
+    H, W, OH, OW = dx.shape[2], dx.shape[3], dy.shape[2], dy.shape[3]
+    if mean:
+        _rows_2x2(_spread_avg_2x2_row, p0, p1, dxs, dys, taps, H, W, OH, OW, True)
+    else:
+        _rows_2x2(_spread_2x2_row, p0, p1, dxs, dys, taps, H, W, OH, OW, True)
 
 
 @njit(**JIT)
@@ -370,10 +420,10 @@ def _max_pool_forward_parts(x, y, argmax, PH, PW, sh, sw, pt, pl, parts):
 
 
 @njit(**PARALLEL)
-def _max_pool_2x2_parts(x, y, argmax, parts):
+def _pool_2x2_parts(x, y, argmax, mean, parts):
     for part in prange(parts):
         p0, p1 = part_range(x.shape[0] * x.shape[1], parts, part)
-        _max_pool_2x2(p0, p1, x, y, argmax)
+        _pool_2x2(p0, p1, x, y, argmax, mean)
 
 
 @njit(**PARALLEL)
@@ -391,10 +441,10 @@ def _max_pool_backward_tiled_parts(dy, argmax, dx, PH, PW, parts):
 
 
 @njit(**PARALLEL)
-def _max_pool_backward_2x2_parts(dy, argmax, dx, parts):
+def _pool_backward_2x2_parts(dy, argmax, dx, mean, parts):
     for part in prange(parts):
         p0, p1 = part_range(dx.shape[0] * dx.shape[1], parts, part)
-        _max_pool_backward_2x2(p0, p1, dy, argmax, dx)
+        _pool_backward_2x2(p0, p1, dy, argmax, dx, mean)
 
 
 @njit(**PARALLEL)
@@ -416,15 +466,15 @@ def pool2d_forward(x, mode, pool, stride, padding):
     y = np.empty((N, C, OH, OW), x.dtype)
     args = (pool[0], pool[1], stride[0], stride[1], padding[0][0], padding[1][0])
     parts = runtime.parts(N * C, x.size // max(N * C, 1), runtime.SPLIT)
-    if mode == "max":
-        argmax = np.empty((N, C, OH, OW), argmax_dtype(pool))
-        if pool == stride == (2, 2) and padding == ((0, 0), (0, 0)):
-            runtime.launch(_max_pool_2x2_parts, x, y, argmax, parts)
-        else:
-            runtime.launch(_max_pool_forward_parts, x, y, argmax, *args, parts)
-        return y, argmax
-    runtime.launch(_avg_pool_forward_parts, x, y, *args, parts)
-    return y, None
+    is_max = mode == "max"
+    argmax = np.empty((N, C, OH, OW), argmax_dtype(pool)) if is_max else None
+    if pool == stride == (2, 2) and padding == ((0, 0), (0, 0)):  # Keras's default
+        runtime.launch(_pool_2x2_parts, x, y, argmax if is_max else _NO_TAPS, not is_max, parts)
+    elif is_max:
+        runtime.launch(_max_pool_forward_parts, x, y, argmax, *args, parts)
+    else:
+        runtime.launch(_avg_pool_forward_parts, x, y, *args, parts)
+    return y, argmax
 
 
 def pool2d_backward(dy, argmax, x_shape, mode, pool, stride, padding):
@@ -437,11 +487,11 @@ def pool2d_backward(dy, argmax, x_shape, mode, pool, stride, padding):
     if is_max:
         argmax = np.ascontiguousarray(argmax, argmax.dtype if argmax.dtype == np.uint8 else np.int32)
     else:
-        argmax = np.zeros((1, 1, 1, 1), np.uint8)
+        argmax = _NO_TAPS
     planes, plane_size = x_shape[0] * x_shape[1], x_shape[2] * x_shape[3]
     parts = runtime.parts(planes, plane_size, runtime.SPLIT)
-    if is_max and pool == stride == (2, 2) and padding == ((0, 0), (0, 0)):  # Keras's default
-        runtime.launch(_max_pool_backward_2x2_parts, dy, argmax, dx, parts)
+    if pool == stride == (2, 2) and padding == ((0, 0), (0, 0)):  # Keras's default
+        runtime.launch(_pool_backward_2x2_parts, dy, argmax, dx, not is_max, parts)
     elif is_max and pool == stride and padding == ((0, 0), (0, 0)):  # windows tile the input
         runtime.launch(_max_pool_backward_tiled_parts, dy, argmax, dx, pool[0], pool[1], parts)
     else:

@@ -169,6 +169,37 @@ def test_2x2_max_pool_fast_path_against_loops(shape, dtype, rng):
                     np.testing.assert_array_equal(y[n, c, oh, ow], dtype(window[tap]))
 
 
+@pytest.mark.parametrize("shape", [
+    (2, 3, 7, 9), (1, 2, 2, 2), (3, 2, 8, 8), (1, 1, 5, 3),  # 4 windows a row (one vector), 1 (scalar)
+    (2, 1, 4, 14), (2, 2, 5, 30), (1, 1, 3, 33), (1, 2, 6, 41), (1, 1, 2, 64),  # 7, 15, 16, 20, 32 a row
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_2x2_average_pool_fast_path_against_loops(shape, dtype, rng):
+    """2x2 average pooling at stride 2 (the fast path): means against float64 loops, and the backward's
+    quarter of each gradient on each pixel of its window, zeros on the rows and columns outside every window;
+    infinities and NaN propagate into their window alone."""
+    x = rng.standard_normal(shape).astype(dtype)
+    flat = x.reshape(-1)
+    flat[[5, -3]] = np.nan, np.inf
+    y, argmax = cpu.pool2d_forward(x, "avg", (2, 2), (2, 2), ((0, 0), (0, 0)))
+    assert y.dtype == dtype and argmax is None
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = cpu.pool2d_backward(dy, None, shape, "avg", (2, 2), (2, 2), ((0, 0), (0, 0)))
+    assert dx.dtype == dtype
+    N, C, H, W = shape
+    expected_dx = np.zeros(shape)
+    for n in range(N):
+        for c in range(C):
+            for oh in range(H // 2):
+                for ow in range(W // 2):
+                    window = x[n, c, 2 * oh:2 * oh + 2, 2 * ow:2 * ow + 2].astype(np.float64)
+                    scale = np.abs(window[np.isfinite(window)]).max(initial=0.0)  # three roundings of sums
+                    tolerance = 4 * np.finfo(dtype).eps * scale
+                    np.testing.assert_allclose(y[n, c, oh, ow], window.mean(), rtol=0, atol=tolerance)
+                    expected_dx[n, c, 2 * oh:2 * oh + 2, 2 * ow:2 * ow + 2] = float(dy[n, c, oh, ow]) / 4
+    np.testing.assert_array_equal(dx, expected_dx.astype(dtype))  # a quarter is exact
+
+
 @pytest.mark.parametrize("pool, dtype", [((2, 2), np.uint8), ((3, 3), np.uint8), ((16, 16), np.uint8),
                                          ((17, 16), np.int32)])
 def test_argmax_dtype_and_wide_windows_against_loops(pool, dtype, rng):
