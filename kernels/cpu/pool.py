@@ -161,8 +161,8 @@ def _window_rows_intrinsic(body, width):
     """An intrinsic ``f(plane, top, bottom, pooled, taps, j)`` over 1-D C-contiguous arrays (plane and pooled
     of one float dtype, taps uint8 or int32) whose IR is ``body(_Lanes)``; no bounds checks."""
     def typer(typingctx, plane, top, bottom, pooled, taps, j):
-        if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (plane, pooled, taps))
-                and plane.dtype == pooled.dtype and isinstance(plane.dtype, types.Float) and taps.dtype in TAP_TYPES):
+        if not (runtime.flat_float_arrays(plane, pooled) and isinstance(taps, types.Array) and taps.ndim == 1
+                and taps.layout == "C" and taps.dtype in TAP_TYPES):
             return None
 
         def codegen(context, builder, signature, args):

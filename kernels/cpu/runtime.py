@@ -73,6 +73,14 @@ def fill_zero(row, start, stop):
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
+def flat_float_arrays(*array_types):
+    """Whether every Numba type is a 1-D C-contiguous array of one float dtype: what the vector intrinsics
+    index (``vector_at``) without bounds checks."""
+    first = array_types[0]
+    return (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in array_types)
+            and isinstance(first.dtype, types.Float) and all(a.dtype == first.dtype for a in array_types))
+
+
 def vector_at(context, builder, array_type, array, index, vector_type):
     """IR: a ``vector_type`` pointer to element ``index`` of the 1-D C-contiguous ``array`` (no bounds check)."""
     data = context.make_array(array_type)(context, builder, array).data
@@ -106,7 +114,7 @@ def line_intrinsic(compute, sources):
     same elements of the sources with ``compute(builder, zero, *lines)`` (LLVM vector IR) and writes it with a
     non-temporal store (a plain one off x86); ``dst[i]`` must start a cache line."""
     def signature(dst, i, arrays):
-        if not all(isinstance(a, types.Array) and a.dtype == dst.dtype for a in (dst, *arrays)):
+        if not flat_float_arrays(dst, *arrays):
             return None
 
         def codegen(context, builder, signature, args):

@@ -183,8 +183,7 @@ def _slots_intrinsic(width):
     says whether every lane kept is within ``limit`` in magnitude (NaN is not). One vector load, a select, two
     deinterleaving shuffles and two stores, where the per-slot loop with its edge cases took ~17 ns a row."""
     def typer(typingctx, xs, at, lo, hi, cs, even, odd, limit):
-        if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (xs, cs))
-                and xs.dtype == cs.dtype and isinstance(xs.dtype, types.Float)):
+        if not runtime.flat_float_arrays(xs, cs):
             return None
 
         def codegen(context, builder, signature, args):
@@ -349,8 +348,7 @@ def _tiles_intrinsic(width, relu, columns=2):
     dtype; no bounds checks). One pass from M to y: 16 vector loads, the sums, two interleaving shuffles.
     ``columns=1`` (width 1): the tile's left column only, for a tile whose right one is past y's edge."""
     def typer(typingctx, y, top, bottom, both, M, plane, g, bias):
-        if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (y, M))
-                and y.dtype == M.dtype and isinstance(y.dtype, types.Float)):
+        if not runtime.flat_float_arrays(y, M):
             return None
 
         def codegen(context, builder, signature, args):
