@@ -22,6 +22,8 @@ import contextvars
 import hashlib
 import logging
 import os
+import stat
+import struct
 import sys
 import time
 import traceback
@@ -201,8 +203,6 @@ def _wait_until_launcher_reads(fds, limit_s=2.0):
     Hydra forwards a rank's output only while it runs: text still in the pipe when ``MPI_Abort`` lands can
     be dropped, and was, about one job in fifty. Once the launcher has read it, it is sent ahead of the abort.
     """
-    import stat
-    import struct
     try:
         import fcntl
         import termios

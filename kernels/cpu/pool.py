@@ -261,13 +261,14 @@ def _spread_avg_2x2_scalar(plane, top, bottom, pooled, taps, first, count):
 def _row_2x2(body, scalar):
     """``row(plane, top, bottom, pooled, taps, first, OW, room)``: one output row of OW windows by ``body``'s
     intrinsics of 16, 8 or 4 windows, ``scalar`` for rows of fewer than 4. With ``room`` (rows of up to 16
-    windows, ``_reach``), the row is one vector that runs past its end, over windows and input rows written
+    windows), the row is one vector that runs past its end, over windows and input rows written
     again later: a row of 7 windows (mnist_conv2) is one vector of 8, not two overlapping vectors of 4."""
     by16, by8, by4 = (_window_rows_intrinsic(body, width) for width in (16, 8, 4))
 
     @njit(inline="always")
     def row(plane, top, bottom, pooled, taps, first, OW, room):
-        if room:  # one vector: its top-row store runs into the bottom row before the bottom-row store
+        if room:  # one vector: its top-row store runs into the bottom row before the bottom-row store (a second
+            # vector's top-row store would clobber the first's bottom row, so longer rows never get room)
             if OW > 8:
                 by16(plane, top, bottom, pooled, taps, first)
             elif OW > 4:
@@ -290,13 +291,6 @@ def _row_2x2(body, scalar):
     return row
 
 
-@njit(inline="always")
-def _reach(OW):
-    """Windows the one vector covers that serves a row of OW <= 16 windows with room (``_row_2x2``); rows
-    of more are never given room (a second vector's top-row store would clobber the first's bottom row)."""
-    return 16 if OW > 8 else (8 if OW > 4 else 4)
-
-
 _max_2x2_row = _row_2x2(_max_2x2, _max_2x2_scalar)
 _spread_2x2_row = _row_2x2(_spread_2x2, _spread_2x2_scalar)
 _avg_2x2_row = _row_2x2(_avg_2x2, _avg_2x2_scalar)
@@ -310,7 +304,7 @@ def _rows_2x2(row, p0, p1, plane, pooled, taps, H, W, OH, OW, zero_edges):
     element). In the backward a row's vector may run past its end (``room``) while what it reads and writes
     lies in these planes: the rows after it rewrite it (mnist_conv2's max-pool backward 0.58-0.62 -> 0.38-0.51
     ms on one thread; the average-pool forward ran 2x slower that way, the max-pool forward no faster)."""
-    reach = _reach(OW)
+    reach = 16 if OW > 8 else (8 if OW > 4 else 4)  # the one vector of a row given room (OW <= 16)
     pooled_end, plane_end = p1 * OH * OW, p1 * H * W
     for p in range(p0, p1):
         for oh in range(OH):

@@ -91,7 +91,6 @@ def test_ranks_that_disagree_are_stopped_at_the_start_of_fit(tmp_path):
     assert code != 0 and "batch_size 15 must divide evenly over the 2 ranks" in stderr
 
 
-
 def test_a_failing_rank_waits_until_its_output_pipe_is_read():
     """What a rank wrote before MPI_Abort must have left the pipe (the launcher drops what is still there)."""
     read_end, write_end = os.pipe()
@@ -109,6 +108,7 @@ def test_a_failing_rank_waits_until_its_output_pipe_is_read():
     assert read.is_set()
     thread.join()
     os.close(read_end), os.close(write_end)
+
 
 def test_size_one_without_mpi4py_or_outside_mpiexec(tmp_path):
     comm = gpuconv.distributed.init()  # pytest is not started by mpiexec
