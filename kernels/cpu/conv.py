@@ -216,7 +216,7 @@ def _im2col_forward(x, weight, bias, stride, padding, dilation, relu, workspace_
     w_mat = np.ascontiguousarray(weight).reshape(K, C * R * S)
     use_bias = bias is not None
     bias = np.ascontiguousarray(bias) if use_bias else np.zeros(1, x.dtype)
-    y = np.empty((N, K, OH, OW), x.dtype)
+    y = runtime.empty((N, K, OH, OW), x.dtype)
     if y.size:
         blocks, starts, scratch = _plan(N, OH, OW, C * R * S, K, x.dtype, workspace_bytes)
         runtime.launch(_forward_parts, x, w_mat, bias, use_bias, relu, y.reshape(N, K, OH * OW), OW,

@@ -225,7 +225,7 @@ def conv2d_forward(x, weight, bias, padding, relu, out_shape):
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
     use_bias = bias is not None
     bias = np.ascontiguousarray(bias) if use_bias else np.zeros(1, x.dtype)
-    y = np.empty(out_shape, x.dtype)
+    y = runtime.empty(out_shape, x.dtype)
     if y.size == 0:
         return y
     top, left = padding[0][0], padding[1][0]

@@ -479,11 +479,11 @@ def pool2d_forward(x, mode, pool, stride, padding):
     N, C, H, W = x.shape
     OH, OW = output_hw((H, W), padding, pool, stride)
     x = np.ascontiguousarray(x)
-    y = np.empty((N, C, OH, OW), x.dtype)
+    y = runtime.empty((N, C, OH, OW), x.dtype)
     args = (pool[0], pool[1], stride[0], stride[1], padding[0][0], padding[1][0])
     parts = runtime.parts(N * C, x.size // max(N * C, 1), runtime.SPLIT)
     is_max = mode == "max"
-    argmax = np.empty((N, C, OH, OW), argmax_dtype(pool)) if is_max else None
+    argmax = runtime.empty((N, C, OH, OW), argmax_dtype(pool)) if is_max else None
     if pool == stride == (2, 2) and padding == ((0, 0), (0, 0)):  # Keras's default
         runtime.launch(_pool_2x2_parts, x, y, argmax if is_max else _NO_TAPS, not is_max, parts)
     elif is_max:
@@ -497,7 +497,7 @@ def pool2d_backward(dy, argmax, x_shape, mode, pool, stride, padding):
     """Gradient of pool2d_forward: dy (N, C, OH, OW) -> dx with ``x_shape`` (N, C, H, W); ``argmax`` as
     pool2d_forward gives it (any other integer dtype is taken as int32)."""
     dy = np.ascontiguousarray(dy)
-    dx = np.empty(x_shape, dy.dtype)
+    dx = runtime.empty(x_shape, dy.dtype)
     args = (pool[0], pool[1], stride[0], stride[1], padding[0][0], padding[1][0])
     is_max = mode == "max"
     if is_max:

@@ -66,7 +66,7 @@ def _relu_backward(dy, y, dx, parts, stream):
 def relu_forward(x):
     """y = max(x, 0), any shape (0-d included)."""
     x = np.asarray(x, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
-    y = np.empty_like(x)
+    y = runtime.empty(x.shape, x.dtype)
     runtime.launch(_relu_forward, x.reshape(-1), y.reshape(-1), runtime.parts(x.size, 1, runtime.SPLIT),
                    runtime.streams(y))
     return y
@@ -75,7 +75,7 @@ def relu_forward(x):
 def relu_backward(dy, y):
     """dx = dy where the forward output y > 0 (equivalently x > 0), else 0; any shape (0-d included)."""
     dy = np.asarray(dy, order="C")
-    dx = np.empty_like(dy)
+    dx = runtime.empty(dy.shape, dy.dtype)
     runtime.launch(_relu_backward, dy.reshape(-1), np.asarray(y, order="C").reshape(-1), dx.reshape(-1),
                    runtime.parts(dy.size, 1, runtime.SPLIT), runtime.streams(dx))
     return dx

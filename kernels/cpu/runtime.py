@@ -1,4 +1,4 @@
-"""The CPU backend's runtime: its threads, BLAS thread limits, scratch buffers and glibc heap tuning.
+"""The CPU backend's runtime: its threads, BLAS thread limits, scratch and output buffers, glibc heap tuning.
 
 Threads: a kernel splits its work into contiguous parts (image or plane ranges),
 one per core, and runs them with Numba's ``prange`` on the TBB threading layer;
@@ -17,13 +17,16 @@ large array whose every page faults on first write. A training step allocates
 dozens of such arrays; this took an MNIST step from 106 to 81 ms. It changes the
 whole process, so it is explicit: the CPU backend calls it once when it is loaded
 (``gpuconv.kernels.cpu.backend``), unless the environment sets
-``GPUCONV_MALLOPT=0``.
+``GPUCONV_MALLOPT=0``. Arrays of 32 MiB and more glibc still maps afresh; the
+kernels' outputs of that size come from kept buffers instead (``empty``), reused
+once no array views them.
 """
 import contextlib
 import ctypes
 import ctypes.util
 import os
 import platform
+import sys
 import threading
 
 import numba
@@ -47,6 +50,9 @@ SPLIT = 4  # parts per thread of kernels whose parts write disjoint outputs (see
 STREAM_MIN_BYTES = 4 << 20
 CACHE_LINE = 64
 MALLOPT_ENV = "GPUCONV_MALLOPT"
+MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest; arrays from this size up are mapped afresh by malloc
+# Kernel outputs of at least MMAP_THRESHOLD_BYTES come from kept buffers, this many bytes of them at most.
+KEPT_OUTPUT_BYTES = 256 << 20
 
 # --------------------------------------------------------------------------- Numba
 # Options of every kernel, and the shared index helpers compiled for the CPU.
@@ -190,10 +196,65 @@ def tune_glibc_malloc():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
         libc.mallopt(M_TRIM_THRESHOLD, 512 << 20)
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
+
+
+# --------------------------------------------------------------------------- kept output buffers
+
+_kept_outputs = []  # uint8 buffers, oldest first; one no array views any more is free for reuse
+_kept_lock = threading.Lock()
+
+
+def _holders(buffers, i):
+    return sys.getrefcount(buffers[i])
+
+
+_UNVIEWED = _holders([np.empty(1, np.uint8)], 0)  # what _holders counts for a buffer only the list holds
+
+
+def empty(shape, dtype):
+    """``np.empty(shape, dtype)`` (C order) for a kernel's output.
+
+    Outputs of ``MMAP_THRESHOLD_BYTES`` or more reuse a kept buffer of the same size that no array
+    views any more (every view of it holds a reference, counted by ``sys.getrefcount``): glibc maps
+    such an array afresh on every call, and each of its pages then faults on first write, which took a
+    ReLU over 41 MB from 3.5 to 8-60 ms. At most ``KEPT_OUTPUT_BYTES`` are kept, in use or not.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes < MMAP_THRESHOLD_BYTES or nbytes > KEPT_OUTPUT_BYTES:
+        return np.empty(shape, dtype)
+    with _kept_lock:
+        buffer = _take_kept(nbytes)
+        if buffer is None:
+            buffer = np.empty(nbytes, np.uint8)
+            if _make_room(nbytes):
+                _kept_outputs.append(buffer)
+        return buffer.view(dtype).reshape(shape)
+
+
+def _take_kept(nbytes):
+    """A kept buffer of ``nbytes`` that nothing views, moved to the back (most recently used); or None."""
+    for i in range(len(_kept_outputs)):
+        if _kept_outputs[i].nbytes == nbytes and _holders(_kept_outputs, i) == _UNVIEWED:
+            buffer = _kept_outputs.pop(i)
+            _kept_outputs.append(buffer)
+            return buffer
+    return None
+
+
+def _make_room(nbytes):
+    """Drop unviewed kept buffers, oldest first, until ``nbytes`` more fit; whether they do."""
+    i = 0
+    while sum(b.nbytes for b in _kept_outputs) + nbytes > KEPT_OUTPUT_BYTES and i < len(_kept_outputs):
+        if _holders(_kept_outputs, i) == _UNVIEWED:
+            del _kept_outputs[i]
+        else:
+            i += 1
+    return sum(b.nbytes for b in _kept_outputs) + nbytes <= KEPT_OUTPUT_BYTES
 
 
 # --------------------------------------------------------------------------- scratch buffers
@@ -390,8 +451,9 @@ def _blas_controller():
 
 
 def _new_locks_after_fork():
-    global _lock, _blas, _blas_users, _blas_limiter, _launch_lock
+    global _lock, _blas, _blas_users, _blas_limiter, _launch_lock, _kept_lock
     _lock, _blas, _blas_users, _blas_limiter = threading.Lock(), None, 0, None
+    _kept_lock = threading.Lock()
     _launch_lock = threading.Lock() if _launch_lock is not None else None
 
 

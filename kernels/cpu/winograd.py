@@ -648,7 +648,7 @@ def correlate(x, U, bias, relu, top, left, out_shape, limit, workspace_bytes=Non
     """
     N, C = x.shape[:2]
     K, OH, OW = out_shape[1:]
-    y = np.empty(out_shape, x.dtype)
+    y = runtime.empty(out_shape, x.dtype)
     if y.size == 0:
         return y
     x, U = np.ascontiguousarray(x), np.ascontiguousarray(U)
