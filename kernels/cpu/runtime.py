@@ -425,11 +425,8 @@ def launch(kernel, *args, blas=False):
         _load_threading_layer()
     if not blas and _launch_lock is None:  # the common case, without a context manager's 1 us
         return kernel(*args)
-    with single_threaded_blas() if blas else contextlib.nullcontext():
-        if _launch_lock is None:
-            return kernel(*args)
-        with _launch_lock:
-            return kernel(*args)
+    with single_threaded_blas() if blas else contextlib.nullcontext(), _launch_lock or contextlib.nullcontext():
+        return kernel(*args)
 
 
 @contextlib.contextmanager
