@@ -91,3 +91,28 @@ def test_the_allreduce_model_on_paper():
     assert allreduce_model.allreduce_seconds(4, 4e6, 1e9, 1e-5) == pytest.approx(6e-3 + 6e-5)
     rows = allreduce_model.table(ranks=(8,))
     assert all(0 < efficiency <= 1 for *_, efficiency in rows) and len(rows) == 8
+
+
+def test_step_breakdown_parts_are_disjoint_and_fill_the_step(monkeypatch):
+    """bench/step_breakdown.py on a few random batches: every part of the MNIST step is timed, none twice."""
+    import collections
+    import gpuconv
+    from bench import step_breakdown
+    from gpuconv.nn import losses
+    kernels = gpuconv.backend.load("cpu")
+    for names in step_breakdown.PARTS.values():  # restored after the test: instrument() wraps them in place
+        for name in names:
+            monkeypatch.setattr(kernels, name, getattr(kernels, name))
+    for name in ("forward", "backward"):
+        monkeypatch.setattr(losses.CrossEntropy, name, losses.CrossEntropy.__dict__[name])
+    spent = collections.defaultdict(float)
+    step_breakdown.instrument(kernels, spent)
+    rng = np.random.default_rng(0)
+    steps, batch = 3, 16
+    images = (steps + step_breakdown.mnist_epoch.WARMUP_BATCHES) * batch
+    x, y = rng.random((images, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, images)
+    with gpuconv.use_backend("cpu"):
+        per_step = step_breakdown.run(x, y, batch, steps, spent)
+    assert set(per_step) == set(step_breakdown.ORDER)
+    assert all(per_step[part] > 0 for part in step_breakdown.ORDER if part != "framework")
+    assert 0 <= per_step["framework"] < per_step["step"]  # negative if a call were counted in two parts
