@@ -31,6 +31,7 @@ ORDER = ("step", "conv", "pool", "relu", "dense", "loss", "optimizer", "framewor
 
 
 def timed(function, part, spent):
+    """``function``, adding the seconds of each call to ``spent[part]``."""
     def call(*args, **kwargs):
         start = time.perf_counter()
         try:
