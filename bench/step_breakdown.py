@@ -54,10 +54,7 @@ def instrument(kernels, spent):
 
 def run(x, y, batch, steps, spent):
     import gpuconv
-    from train_mnist import build_model
-    gpuconv.set_seed(0)
-    model = build_model()
-    model.compile(gpuconv.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", ["accuracy"])
+    model = mnist_epoch.compiled_model()
     model.optimizer.step = timed(model.optimizer.step, "optimizer", spent)
     order = np.random.default_rng(0).permutation(len(x))
     batches = [np.sort(order[i:i + batch]) for i in range(0, (steps + mnist_epoch.WARMUP_BATCHES) * batch, batch)]
