@@ -30,6 +30,8 @@ POOL_CASES = [
     ((1, 1, 9, 9), 3, 1, "same"),  # overlapping, padded on every side
     ((3, 1, 6, 5), (2, 3), 1, "valid"),
     ((1, 2, 5, 11), (1, 4), (2, 3), "SAME"),
+    ((2, 2, 9, 10), 3, None, "valid"),  # windows tile the input (3x3 at stride 3), a column left over
+    ((1, 2, 8, 9), 2, 3, "valid"),  # gaps between windows: pixels in none get no gradient
 ]
 
 

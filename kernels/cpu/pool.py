@@ -3,7 +3,7 @@
 Max-pool stores the argmax as the row-major index inside the window, in one byte
 (uint8) when a window has at most 256 taps: pooling is memory-bound, and an int32
 argmax was a third of the 2x2 backward's reads. Backward
-passes give each plane to one thread, which visits the windows in row-major
+passes give each plane to one thread, which visits the windows in a fixed
 order: no atomics, and bit-identical results run to run even with overlapping
 windows. Ties go to the first maximum in row-major order; a NaN in a window wins
 (it propagates, as in other frameworks).
@@ -14,6 +14,9 @@ branch on random data it mispredicted and cost 3-6x.
 2x2 windows at stride 2 (Keras's default) have fast paths both ways, max and
 average, a vector of windows at a time (``_max_2x2``, ``_spread_2x2``,
 ``_avg_2x2``, ``_spread_avg_2x2``); the backward writes every input pixel once.
+Other windows: max-pool backward turns each argmax into a flat offset through a
+small table (no division per window); average pooling works an output row at a
+time, through sums (or gradients) per input column, so its loops run along rows.
 """
 import numpy as np
 from llvmlite import ir
@@ -203,7 +206,7 @@ def _spread_2x2(lanes):
 
 
 def _avg_2x2(lanes):
-    """Forward: each window's mean, ``(((0 + a) + b) + c) + d`` times 1/4 (the general kernel's sum and rounding)."""
+    """Forward: each window's mean, ``(((0 + a) + b) + c) + d`` times 1/4 (a sum in row-major order, an exact scaling)."""
     b, w = lanes.builder, lanes.width
     even, odd = lanes.lanes(range(0, 2 * w, 2)), lanes.lanes(range(1, 2 * w, 2))
     top, bottom = lanes.load("top", 2 * w), lanes.load("bottom", 2 * w)
@@ -354,45 +357,58 @@ def _pool_backward_2x2(p0, p1, dy, argmax, dx, mean):
         _rows_2x2(_spread_2x2_row, p0, p1, dxs, dys, taps, H, W, OH, OW, True)
 
 
-@njit(**JIT)
-def _window_counts(out_size, stride, pad, window, in_size):
-    """Number of real (unpadded) elements in each window along one axis."""
-    counts = np.empty(out_size, np.float64)
-    for o in range(out_size):
-        lo, hi = clipped_window(o, stride, pad, window, in_size)
-        counts[o] = hi - lo
-    return counts
+@njit(inline="always")
+def _column_counts(OW, sw, pl, PW, W, counts):
+    """counts[ow]: the real (unpadded) columns of window column ow."""
+    for ow in range(OW):
+        s_lo, s_hi = clipped_window(ow, sw, pl, PW, W)
+        counts[ow] = s_hi - s_lo
 
 
 @njit(**JIT)
-def _avg_pool_forward(p0, p1, x, y, PH, PW, sh, sw, pt, pl):
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+def _avg_pool_forward(p0, p1, x, y, zero, PH, PW, sh, sw, pt, pl):
+    """Average pooling, an output row at a time: the row's window rows summed column by column, then each
+    window's columns of those sums, over the count of real (unpadded) elements (as Keras does for 'same').
+    Every loop runs along a row (the first two vectorize); window by window it was 3-8x slower."""
+    H, W = x.shape[2], x.shape[3]
     OH, OW = y.shape[2], y.shape[3]
-    row_counts = _window_counts(OH, sh, pt, PH, H)
-    col_counts = _window_counts(OW, sw, pl, PW, W)
+    x_planes, y_planes = x.reshape(-1, H * W), y.reshape(-1, OH * OW)
+    column_sums, counts = np.empty(W, x.dtype), np.empty(OW, x.dtype)
+    _column_counts(OW, sw, pl, PW, W, counts)
     for plane in range(p0, p1):
-        n, c = plane // C, plane % C
+        xp, yp = x_planes[plane], y_planes[plane]
         for oh in range(OH):
-            h0 = oh * sh - pt
             r_lo, r_hi = clipped_window(oh, sh, pt, PH, H)
-            # tap by tap over the whole output row, so the inner loop runs along W
-            acc = y[n, c, oh]
-            fill_zero(acc, 0, OW)
+            for w in range(W):
+                column_sums[w] = zero
             for r in range(r_lo, r_hi):
-                row = x[n, c, h0 + r]
-                for s in range(PW):
-                    lo, hi = valid_output_range(s, pl, sw, W, OW)
-                    w_first = lo * sw - pl + s
-                    for j in range(hi - lo):
-                        acc[lo + j] += row[w_first + j * sw]
-            for ow in range(OW):  # mean over real elements only, as Keras does for 'same'
-                acc[ow] /= row_counts[oh] * col_counts[ow]
+                first = _u((oh * sh - pt + r) * W)
+                for w in range(_u(W)):
+                    column_sums[w] += xp[first + w]
+            row = _u(oh * OW)
+            for ow in range(_u(OW)):
+                yp[row + ow] = zero
+            for s in range(PW):  # tap column s of every window that has it
+                lo, hi = valid_output_range(s, pl, sw, W, OW)
+                start = _u(lo * sw - pl + s)
+                for j in range(_u(hi - lo)):
+                    yp[row + _u(lo) + j] += column_sums[start + j * _u(sw)]
+            rows = r_hi - r_lo
+            for ow in range(_u(OW)):
+                yp[row + ow] = yp[row + ow] / (rows * counts[ow])
+
+
+def tap_offsets(pool, W):
+    """Flat offset of each tap ``r*PW + s`` of a window from its top-left corner in a plane W wide (int64)."""
+    PH, PW = pool
+    return np.array([r * W + s for r in range(PH) for s in range(PW)], np.int64)
 
 
 @njit(**JIT)
-def _max_pool_backward_tiled(p0, p1, dy, argmax, dx, PH, PW):
-    """Max-pool backward when the windows tile the planes: zero each plane while it is in cache, then store
-    each window's gradient at its argmax; no separate zero-fill pass over dx."""
+def _max_pool_backward(p0, p1, dy, argmax, dx, offsets, sh, sw, pt, pl):
+    """Max-pool backward, any windows: zero each plane while it is in cache, then add each window's
+    gradient at its argmax, windows in row-major order. The argmax becomes a flat index through
+    ``offsets`` (``tap_offsets``): no division per window."""
     H, W = dx.shape[2], dx.shape[3]
     OH, OW = dy.shape[2], dy.shape[3]
     dx_planes, dy_planes = dx.reshape(-1, H * W), dy.reshape(-1, OH * OW)
@@ -402,40 +418,41 @@ def _max_pool_backward_tiled(p0, p1, dy, argmax, dx, PH, PW):
         fill_zero(out, 0, H * W)
         for oh in range(OH):
             first = oh * OW
+            corner = (oh * sh - pt) * W - pl  # a window's corner may lie in the padding; its argmax never does
             for ow in range(OW):
-                tap = taps[first + ow]
-                out[(oh * PH + tap // PW) * W + ow * PW + tap % PW] = g[first + ow]
+                out[corner + ow * sw + offsets[taps[first + ow]]] += g[first + ow]
 
 
 @njit(**JIT)
-def _pool_backward(p0, p1, dy, argmax, dx, is_max, PH, PW, sh, sw, pt, pl):
-    """Each window sends its gradient back: max to its argmax, avg spread over its real elements.
-
-    One thread owns each plane and visits its windows in row-major order, so
-    overlapping windows need no atomics and every input pixel sums its
-    contributions in the same order on every run.
-    """
-    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+def _avg_pool_backward(p0, p1, dy, dx, zero, PH, PW, sh, sw, pt, pl):
+    """Average-pool backward, the forward's loops transposed: per output row, each window's share of its
+    gradient (over its real-element count) spread to the columns of its taps, then those column gradients
+    added to each of the window rows. One thread owns each plane and visits rows and taps in a fixed
+    order: no atomics, and every input pixel sums its contributions in the same order on every run."""
+    H, W = dx.shape[2], dx.shape[3]
     OH, OW = dy.shape[2], dy.shape[3]
+    dx_planes, dy_planes = dx.reshape(-1, H * W), dy.reshape(-1, OH * OW)
+    column_grads, shares, counts = np.empty(W, dx.dtype), np.empty(OW, dx.dtype), np.empty(OW, dx.dtype)
+    _column_counts(OW, sw, pl, PW, W, counts)
     for plane in range(p0, p1):
-        n, c = plane // C, plane % C
-        dx_plane = dx[n, c]
-        dx_plane[:] = 0
+        dxp, g = dx_planes[plane], dy_planes[plane]
+        fill_zero(dxp, 0, H * W)
         for oh in range(OH):
-            h0 = oh * sh - pt
             r_lo, r_hi = clipped_window(oh, sh, pt, PH, H)
-            for ow in range(OW):
-                w0 = ow * sw - pl
-                g = dy[n, c, oh, ow]
-                if is_max:
-                    tap = argmax[n, c, oh, ow]
-                    dx_plane[h0 + tap // PW, w0 + tap % PW] += g
-                    continue
-                s_lo, s_hi = clipped_window(ow, sw, pl, PW, W)
-                g /= (r_hi - r_lo) * (s_hi - s_lo)
-                for r in range(r_lo, r_hi):
-                    for s in range(s_lo, s_hi):
-                        dx_plane[h0 + r, w0 + s] += g
+            rows, row = r_hi - r_lo, _u(oh * OW)
+            for ow in range(_u(OW)):
+                shares[ow] = g[row + ow] / (rows * counts[ow])
+            for w in range(W):
+                column_grads[w] = zero
+            for s in range(PW):
+                lo, hi = valid_output_range(s, pl, sw, W, OW)
+                start = _u(lo * sw - pl + s)
+                for j in range(_u(hi - lo)):
+                    column_grads[start + j * _u(sw)] += shares[_u(lo) + j]
+            for r in range(r_lo, r_hi):
+                first = _u((oh * sh - pt + r) * W)
+                for w in range(_u(W)):
+                    dxp[first + w] += column_grads[w]
 
 
 # --------------------------------------------------------------------------- parts over the cores
@@ -456,17 +473,17 @@ def _pool_2x2_parts(x, y, argmax, mean, parts):
 
 
 @njit(**PARALLEL)
-def _avg_pool_forward_parts(x, y, PH, PW, sh, sw, pt, pl, parts):
+def _avg_pool_forward_parts(x, y, zero, PH, PW, sh, sw, pt, pl, parts):
     for part in prange(parts):
         p0, p1 = part_range(x.shape[0] * x.shape[1], parts, part)
-        _avg_pool_forward(p0, p1, x, y, PH, PW, sh, sw, pt, pl)
+        _avg_pool_forward(p0, p1, x, y, zero, PH, PW, sh, sw, pt, pl)
 
 
 @njit(**PARALLEL)
-def _max_pool_backward_tiled_parts(dy, argmax, dx, PH, PW, parts):
+def _max_pool_backward_parts(dy, argmax, dx, offsets, sh, sw, pt, pl, parts):
     for part in prange(parts):
         p0, p1 = part_range(dx.shape[0] * dx.shape[1], parts, part)
-        _max_pool_backward_tiled(p0, p1, dy, argmax, dx, PH, PW)
+        _max_pool_backward(p0, p1, dy, argmax, dx, offsets, sh, sw, pt, pl)
 
 
 @njit(**PARALLEL)
@@ -477,10 +494,10 @@ def _pool_backward_2x2_parts(dy, argmax, dx, mean, parts):
 
 
 @njit(**PARALLEL)
-def _pool_backward_parts(dy, argmax, dx, is_max, PH, PW, sh, sw, pt, pl, parts):
+def _avg_pool_backward_parts(dy, dx, zero, PH, PW, sh, sw, pt, pl, parts):
     for part in prange(parts):
         p0, p1 = part_range(dx.shape[0] * dx.shape[1], parts, part)
-        _pool_backward(p0, p1, dy, argmax, dx, is_max, PH, PW, sh, sw, pt, pl)
+        _avg_pool_backward(p0, p1, dy, dx, zero, PH, PW, sh, sw, pt, pl)
 
 
 def pool2d_forward(x, mode, pool, stride, padding):
@@ -502,7 +519,7 @@ def pool2d_forward(x, mode, pool, stride, padding):
     elif is_max:
         runtime.launch(_max_pool_forward_parts, x, y, argmax, *args, parts)
     else:
-        runtime.launch(_avg_pool_forward_parts, x, y, *args, parts)
+        runtime.launch(_avg_pool_forward_parts, x, y, x.dtype.type(0), *args, parts)
     return y, argmax
 
 
@@ -521,8 +538,8 @@ def pool2d_backward(dy, argmax, x_shape, mode, pool, stride, padding):
     parts = runtime.parts(planes, plane_size, runtime.SPLIT)
     if pool == stride == (2, 2) and padding == ((0, 0), (0, 0)):  # Keras's default
         runtime.launch(_pool_backward_2x2_parts, dy, argmax, dx, not is_max, parts)
-    elif is_max and pool == stride and padding == ((0, 0), (0, 0)):  # windows tile the input
-        runtime.launch(_max_pool_backward_tiled_parts, dy, argmax, dx, pool[0], pool[1], parts)
+    elif is_max:
+        runtime.launch(_max_pool_backward_parts, dy, argmax, dx, tap_offsets(pool, x_shape[3]), *args[2:], parts)
     else:
-        runtime.launch(_pool_backward_parts, dy, argmax, dx, is_max, *args, parts)
+        runtime.launch(_avg_pool_backward_parts, dy, dx, dy.dtype.type(0), *args, parts)
     return dx
