@@ -14,9 +14,12 @@ branch on random data it mispredicted and cost 3-6x.
 2x2 windows at stride 2 (Keras's default) have fast paths both ways, max and
 average, a vector of windows at a time (``_max_2x2``, ``_spread_2x2``,
 ``_avg_2x2``, ``_spread_avg_2x2``); the backward writes every input pixel once.
-Other windows: max-pool backward turns each argmax into a flat offset through a
-small table (no division per window); average pooling works an output row at a
-time, through sums (or gradients) per input column, so its loops run along rows.
+Other windows go an output row at a time through per-column partials, so their
+loops run along rows and overlapping windows share work: each input column's
+maximum (and its row) or sum over the row's window rows, then each window's best
+or sum of its columns; average pooling's backward is the same loops transposed.
+Max-pool backward turns each argmax into a flat offset through a small table
+(no division per window).
 """
 import numpy as np
 from llvmlite import ir
@@ -38,91 +41,49 @@ def argmax_dtype(pool):
 
 
 @njit(inline="always")
-def _has_nan(plane):
-    found = False
-    for h in range(plane.shape[0]):
-        for w in range(plane.shape[1]):
-            found |= plane[h, w] != plane[h, w]
-    return found
-
-
-@njit(inline="always")
-def _window_max(x_plane, h0, w0, r_lo, r_hi, s_lo, s_hi, PW):
-    """Max and row-major index of the first maximum over taps [r_lo, r_hi) x [s_lo, s_hi); no NaN expected."""
-    # indices are known non-negative here: unsigned indexing skips negative-index wraparound
-    best = x_plane[_u(h0 + r_lo), _u(w0 + s_lo)]
-    best_at = r_lo * PW + s_lo
-    for r in range(r_lo, r_hi):
-        for s in range(s_lo, s_hi):
-            v = x_plane[_u(h0 + r), _u(w0 + s)]
-            # branch-free: data-dependent branches mispredict on random data
-            best_at += (r * PW + s - best_at) * (v > best)
-            best = max(v, best)
-    return best, best_at
-
-
-@njit(inline="always")
-def _window_max_nan(x_plane, h0, w0, r_lo, r_hi, s_lo, s_hi, PW):
-    """As _window_max, but the first NaN in the window wins (NaN propagates)."""
-    best = x_plane[h0 + r_lo, w0 + s_lo]
-    best_at = r_lo * PW + s_lo
-    for r in range(r_lo, r_hi):
-        for s in range(s_lo, s_hi):
-            v = x_plane[h0 + r, w0 + s]
-            if v > best or (v != v and best == best):
-                best, best_at = v, r * PW + s
-    return best, best_at
-
-
-@njit(inline="always")
-def _max_pool_row(x_plane, y_plane, argmax_plane, oh, ow_lo, ow_hi, PH, PW, sh, sw, pt, pl):
-    """Outputs [ow_lo, ow_hi) of row oh, windows clipped to the input, NaN-aware."""
-    H, W = x_plane.shape
-    h0 = oh * sh - pt
-    r_lo, r_hi = clipped_window(oh, sh, pt, PH, H)
-    for ow in range(ow_lo, ow_hi):
-        s_lo, s_hi = clipped_window(ow, sw, pl, PW, W)
-        best, best_at = _window_max_nan(x_plane, h0, ow * sw - pl, r_lo, r_hi, s_lo, s_hi, PW)
-        y_plane[oh, ow] = best
-        argmax_plane[oh, ow] = best_at
+def _consider(v, tap, best, at):
+    """The window's (best, argmax) after tap ``tap`` of value v, by row-major order: v replaces the best so
+    far when larger or equal with an earlier tap, or when it is a NaN and the best is not, or is a later
+    NaN (the first NaN wins: NaN propagates). Taps may come in any order; written as a select, not a branch."""
+    take = (v > best) | ((v == best) & (tap < at)) | ((v != v) & ((best == best) | (tap < at)))
+    return (v, tap) if take else (best, at)
 
 
 @njit(**JIT)
-def _max_pool_forward(p0, p1, x, y, argmax, PH, PW, sh, sw, pt, pl):
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+def _max_pool_forward(p0, p1, x, y, argmax, lowest, PH, PW, sh, sw, pt, pl):
+    """Max pooling with argmax, any windows, an output row at a time: first each input column's maximum
+    over the row's window rows (and its row), then each window's best of its columns' maxima. Both loops
+    run along a row and vectorize at stride 1, and overlapping windows share their columns' maxima
+    (3x3 at stride 1: 4x faster on one core than window by window). ``lowest``: -inf in x's dtype."""
+    H, W = x.shape[2], x.shape[3]
     OH, OW = y.shape[2], y.shape[3]
-    # outputs in [lo, hi) have windows wholly inside the input along that axis
-    oh_in_lo, oh_in_hi = valid_output_range(0, pt, sh, H - PH + 1, OH)
-    ow_in_lo, ow_in_hi = valid_output_range(0, pl, sw, W - PW + 1, OW)
+    x_planes, y_planes, tap_planes = x.reshape(-1, H * W), y.reshape(-1, OH * OW), argmax.reshape(-1, OH * OW)
+    column_max, column_row, best_tap = np.empty(W, x.dtype), np.empty(W, np.int64), np.empty(OW, np.int64)
     for plane in range(p0, p1):
-        n, c = plane // C, plane % C
-        x_plane, y_plane, argmax_plane = x[n, c], y[n, c], argmax[n, c]
-        has_nan = _has_nan(x_plane)
+        xp, yp, taps = x_planes[plane], y_planes[plane], tap_planes[plane]
         for oh in range(OH):
-            if has_nan or oh < oh_in_lo or oh >= oh_in_hi:
-                _max_pool_row(x_plane, y_plane, argmax_plane, oh, 0, OW, PH, PW, sh, sw, pt, pl)
-                continue
-            _max_pool_row(x_plane, y_plane, argmax_plane, oh, 0, ow_in_lo, PH, PW, sh, sw, pt, pl)
-            _max_pool_row(x_plane, y_plane, argmax_plane, oh, ow_in_hi, OW, PH, PW, sh, sw, pt, pl)
-            h0 = oh * sh - pt
-            if PH == 2 and PW == 2:  # the common window, with constant loop bounds LLVM unrolls
-                for ow in range(ow_in_lo, ow_in_hi):
-                    best, best_at = _window_max(x_plane, h0, ow * sw - pl, 0, 2, 0, 2, 2)
-                    y_plane[oh, ow] = best
-                    argmax_plane[oh, ow] = best_at
-                continue
-            for ow in range(ow_in_lo, ow_in_hi):  # the hot loop: no clipping, no NaN
-                best, best_at = _window_max(x_plane, h0, ow * sw - pl, 0, PH, 0, PW, PW)
-                y_plane[oh, ow] = best
-                argmax_plane[oh, ow] = best_at
-
-
-@njit(inline="always")
-def _consider(v, tap, best, at):
-    """The window's (best, argmax) after tap ``tap`` of value v: v replaces the best so far when larger, or
-    when it is the first NaN (NaN propagates); written as a select, not a branch."""
-    take = (v > best) | ((v != v) & (best == best))
-    return (v, tap) if take else (best, at)
+            r_lo, r_hi = clipped_window(oh, sh, pt, PH, H)
+            first = _u((oh * sh - pt + r_lo) * W)
+            for w in range(_u(W)):
+                column_max[w] = xp[first + w]
+                column_row[w] = r_lo
+            for r in range(r_lo + 1, r_hi):
+                first = _u((oh * sh - pt + r) * W)
+                for w in range(_u(W)):
+                    column_max[w], column_row[w] = _consider(xp[first + w], r, column_max[w], column_row[w])
+            row = _u(oh * OW)
+            for ow in range(_u(OW)):
+                yp[row + ow] = lowest
+                best_tap[ow] = PH * PW
+            for s in range(PW):  # tap column s of every window that has it
+                lo, hi = valid_output_range(s, pl, sw, W, OW)
+                start = _u(lo * sw - pl + s)
+                for j in range(_u(hi - lo)):
+                    column, out = start + j * _u(sw), _u(lo) + j
+                    yp[row + out], best_tap[out] = _consider(column_max[column], column_row[column] * PW + s,
+                                                             yp[row + out], best_tap[out])
+            for ow in range(_u(OW)):
+                taps[row + ow] = best_tap[ow]
 
 
 # --------------------------------------------------------------------------- 2x2 windows at stride 2, vectorized
@@ -459,10 +420,10 @@ def _avg_pool_backward(p0, p1, dy, dx, zero, PH, PW, sh, sw, pt, pl):
 # Each part is a contiguous range of (image, channel) planes (see runtime.parts).
 
 @njit(**PARALLEL)
-def _max_pool_forward_parts(x, y, argmax, PH, PW, sh, sw, pt, pl, parts):
+def _max_pool_forward_parts(x, y, argmax, lowest, PH, PW, sh, sw, pt, pl, parts):
     for part in prange(parts):
         p0, p1 = part_range(x.shape[0] * x.shape[1], parts, part)
-        _max_pool_forward(p0, p1, x, y, argmax, PH, PW, sh, sw, pt, pl)
+        _max_pool_forward(p0, p1, x, y, argmax, lowest, PH, PW, sh, sw, pt, pl)
 
 
 @njit(**PARALLEL)
@@ -517,7 +478,7 @@ def pool2d_forward(x, mode, pool, stride, padding):
     if pool == stride == (2, 2) and padding == ((0, 0), (0, 0)):  # Keras's default
         runtime.launch(_pool_2x2_parts, x, y, argmax if is_max else _NO_TAPS, not is_max, parts)
     elif is_max:
-        runtime.launch(_max_pool_forward_parts, x, y, argmax, *args, parts)
+        runtime.launch(_max_pool_forward_parts, x, y, argmax, x.dtype.type(-np.inf), *args, parts)
     else:
         runtime.launch(_avg_pool_forward_parts, x, y, x.dtype.type(0), *args, parts)
     return y, argmax
