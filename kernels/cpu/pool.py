@@ -49,6 +49,20 @@ def _consider(v, tap, best, at):
     return (v, tap) if take else (best, at)
 
 
+@njit(inline="always")
+def _row_start(oh, r, sh, pt, W):
+    """Flat index in a plane W wide where row r of output row oh's windows begins (a real row)."""
+    return _u((oh * sh - pt + r) * W)
+
+
+@njit(inline="always")
+def _tap_column(s, pl, sw, W, OW):
+    """``(lo, count, start)``: windows lo..lo + count of an output row have their tap column s on a real input
+    column, the first on column ``start``, each next sw further."""
+    lo, hi = valid_output_range(s, pl, sw, W, OW)
+    return _u(lo), _u(hi - lo), _u(lo * sw - pl + s)
+
+
 @njit(**JIT)
 def _max_pool_forward(p0, p1, x, y, argmax, lowest, PH, PW, sh, sw, pt, pl):
     """Max pooling with argmax, any windows, an output row at a time: first each input column's maximum
@@ -63,12 +77,12 @@ def _max_pool_forward(p0, p1, x, y, argmax, lowest, PH, PW, sh, sw, pt, pl):
         xp, yp, taps = x_planes[plane], y_planes[plane], tap_planes[plane]
         for oh in range(OH):
             r_lo, r_hi = clipped_window(oh, sh, pt, PH, H)
-            first = _u((oh * sh - pt + r_lo) * W)
+            first = _row_start(oh, r_lo, sh, pt, W)
             for w in range(_u(W)):
                 column_max[w] = xp[first + w]
                 column_row[w] = r_lo
             for r in range(r_lo + 1, r_hi):
-                first = _u((oh * sh - pt + r) * W)
+                first = _row_start(oh, r, sh, pt, W)
                 for w in range(_u(W)):
                     column_max[w], column_row[w] = _consider(xp[first + w], r, column_max[w], column_row[w])
             row = _u(oh * OW)
@@ -76,10 +90,9 @@ def _max_pool_forward(p0, p1, x, y, argmax, lowest, PH, PW, sh, sw, pt, pl):
                 yp[row + ow] = lowest
                 best_tap[ow] = PH * PW
             for s in range(PW):  # tap column s of every window that has it
-                lo, hi = valid_output_range(s, pl, sw, W, OW)
-                start = _u(lo * sw - pl + s)
-                for j in range(_u(hi - lo)):
-                    column, out = start + j * _u(sw), _u(lo) + j
+                lo, count, start = _tap_column(s, pl, sw, W, OW)
+                for j in range(count):
+                    column, out = start + j * _u(sw), lo + j
                     yp[row + out], best_tap[out] = _consider(column_max[column], column_row[column] * PW + s,
                                                              yp[row + out], best_tap[out])
             for ow in range(_u(OW)):
@@ -343,17 +356,16 @@ def _avg_pool_forward(p0, p1, x, y, zero, PH, PW, sh, sw, pt, pl):
             for w in range(W):
                 column_sums[w] = zero
             for r in range(r_lo, r_hi):
-                first = _u((oh * sh - pt + r) * W)
+                first = _row_start(oh, r, sh, pt, W)
                 for w in range(_u(W)):
                     column_sums[w] += xp[first + w]
             row = _u(oh * OW)
             for ow in range(_u(OW)):
                 yp[row + ow] = zero
             for s in range(PW):  # tap column s of every window that has it
-                lo, hi = valid_output_range(s, pl, sw, W, OW)
-                start = _u(lo * sw - pl + s)
-                for j in range(_u(hi - lo)):
-                    yp[row + _u(lo) + j] += column_sums[start + j * _u(sw)]
+                lo, count, start = _tap_column(s, pl, sw, W, OW)
+                for j in range(count):
+                    yp[row + lo + j] += column_sums[start + j * _u(sw)]
             rows = r_hi - r_lo
             for ow in range(_u(OW)):
                 yp[row + ow] = yp[row + ow] / (rows * counts[ow])
@@ -406,12 +418,11 @@ def _avg_pool_backward(p0, p1, dy, dx, zero, PH, PW, sh, sw, pt, pl):
             for w in range(W):
                 column_grads[w] = zero
             for s in range(PW):
-                lo, hi = valid_output_range(s, pl, sw, W, OW)
-                start = _u(lo * sw - pl + s)
-                for j in range(_u(hi - lo)):
-                    column_grads[start + j * _u(sw)] += shares[_u(lo) + j]
+                lo, count, start = _tap_column(s, pl, sw, W, OW)
+                for j in range(count):
+                    column_grads[start + j * _u(sw)] += shares[lo + j]
             for r in range(r_lo, r_hi):
-                first = _u((oh * sh - pt + r) * W)
+                first = _row_start(oh, r, sh, pt, W)
                 for w in range(_u(W)):
                     dxp[first + w] += column_grads[w]
 
