@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from bench.suite import torch_pool_ops  # noqa: E402
 from bench.timing import WallClock, measure_interleaved  # noqa: E402
 
 # name: (N, C, H, W), window, stride, padding (each side)
@@ -35,17 +36,6 @@ CASES = {
 }
 BUFFERS = 3
 TOLERANCE = 1e-5  # max |ours - PyTorch| / max |PyTorch|, float32
-
-
-def _torch_ops(torch, mode, window, stride, pad):
-    """PyTorch's forward (x -> (y, indices or None)) and backward ((dy, x, indices) -> dx) as ATen calls."""
-    k, s, p = [window] * 2, [stride] * 2, [pad] * 2
-    aten = torch.ops.aten
-    if mode == "max":
-        return (lambda x: aten.max_pool2d_with_indices(x, k, s, p),
-                lambda dy, x, indices: aten.max_pool2d_with_indices_backward(dy, x, k, s, p, [1, 1], False, indices))
-    return (lambda x: (aten.avg_pool2d(x, k, s, p, False, False), None),
-            lambda dy, x, indices: aten.avg_pool2d_backward(dy, x, k, s, p, False, False, None))
 
 
 def _relative_error(ours, theirs):
@@ -61,7 +51,7 @@ def run_case(name, mode, repeats, rng):
     xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(BUFFERS)]
     ys = [cpu.pool2d_forward(x, mode, pool, strides, padding) for x in xs]
     dys = [rng.standard_normal(y.shape).astype(np.float32) for y, _ in ys]
-    forward, backward = _torch_ops(torch, mode, window, stride, pad)
+    forward, backward = torch_pool_ops(torch, mode, window, stride, pad)
     txs = [torch.from_numpy(x) for x in xs]
     tys = [forward(t) for t in txs]
     tdys = [torch.from_numpy(dy) for dy in dys]

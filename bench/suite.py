@@ -86,19 +86,30 @@ def gpuconv_target(name):
     return Target(name, "backend", device, timer, ops, to_device, backend.to_host)
 
 
+def torch_pool_ops(torch, mode, window, stride, pad):
+    """PyTorch's pooling of square ``window`` at ``stride`` with ``pad`` on each side, as ATen calls:
+    forward ``x -> (y, indices or None)``, backward ``(dy, x, indices) -> dx``; average pooling leaves the
+    padding out of the count (as Keras's 'same' does)."""
+    k, s, p, aten = [window] * 2, [stride] * 2, [pad] * 2, torch.ops.aten
+    if mode == "max":
+        return (lambda x: aten.max_pool2d_with_indices(x, k, s, p),
+                lambda dy, x, indices: aten.max_pool2d_with_indices_backward(dy, x, k, s, p, [1, 1], False, indices))
+    return (lambda x: (aten.avg_pool2d(x, k, s, p, False, False), None),
+            lambda dy, x, indices: aten.avg_pool2d_backward(dy, x, k, s, p, False, False, None))
+
+
 def torch_targets(torch, device):
     """PyTorch anchors on ``device``: fp32, and on CUDA also TF32 (conv ops only)."""
     F, grad, aten = torch.nn.functional, torch.nn.grad, torch.ops.aten
+    max_pool, avg_pool = (torch_pool_ops(torch, mode, POOL[0], POOL[0], 0) for mode in ("max", "avg"))
     ops = {
         "conv2d_forward": lambda a: F.conv2d(a["x"], a["w"], a["b"], padding=1),
         "conv2d_backward_input": lambda a: grad.conv2d_input(a["x"].shape, a["w"], a["dy"], padding=1),
         "conv2d_backward_weight": lambda a: grad.conv2d_weight(a["x"], a["w"].shape, a["dy"], padding=1),
-        "max_pool_forward": lambda a: F.max_pool2d(a["act"], POOL, return_indices=True),
-        "max_pool_backward": lambda a: aten.max_pool2d_with_indices_backward(
-            a["dpool"], a["act"], list(POOL), list(POOL), [0, 0], [1, 1], False, a["indices"]),
-        "avg_pool_forward": lambda a: F.avg_pool2d(a["act"], POOL),
-        "avg_pool_backward": lambda a: aten.avg_pool2d_backward(a["dpool"], a["act"], list(POOL), list(POOL),
-                                                                [0, 0], False, True, None),
+        "max_pool_forward": lambda a: max_pool[0](a["act"]),
+        "max_pool_backward": lambda a: max_pool[1](a["dpool"], a["act"], a["indices"]),
+        "avg_pool_forward": lambda a: avg_pool[0](a["act"]),
+        "avg_pool_backward": lambda a: avg_pool[1](a["dpool"], a["act"], None),
         "relu_forward": lambda a: torch.relu(a["act"]),
         "relu_backward": lambda a: aten.threshold_backward(a["dact"], a["act"], 0),
     }
