@@ -20,6 +20,7 @@ WINOGRAD_CASES = [
     ((1, 5, 6, 5, 4), ((3, 1), (0, 3))),   # padding past the filter: outputs that see padding only
     ((2, 4, 1, 9, 5), ((1, 1), (1, 1))),   # one input row
     ((1, 4, 10, 1, 4), ((1, 1), (1, 1))),  # one input column
+    ((1, 2, 6, 61, 3), ((1, 1), (1, 1))),  # wide rows: with 3000 bytes, blocks of 4-5 tiles a row (vectors)
     # output rows of 8, 16 + a ragged column, and 20 tiles: every vector width of the output tiles, and
     # a row's last vector overlapping the one before
     ((1, 4, 4, 16, 4), ((1, 1), (0, 0))),
