@@ -7,10 +7,11 @@ from gpuconv import backend
 from gpuconv.kernels.cpu import backend as cpu, matmul
 
 
+@pytest.mark.parametrize("size", [1000, 100_003])  # one chunk on one thread; ragged chunks and parts
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adam_update_against_the_formula_in_float64(rng, dtype):
-    p, g = rng.standard_normal(1000).astype(dtype), rng.standard_normal(1000).astype(dtype)
-    m, v = (rng.standard_normal(1000) * 0.1).astype(dtype), rng.random(1000).astype(dtype)
+def test_adam_update_against_the_formula_in_float64(rng, dtype, size):
+    p, g = rng.standard_normal(size).astype(dtype), rng.standard_normal(size).astype(dtype)
+    m, v = (rng.standard_normal(size) * 0.1).astype(dtype), rng.random(size).astype(dtype)
     b1, b2, eps, step = 0.9, 0.999, 1e-7, 3e-3
     m64 = b1 * m.astype(np.float64) + (1 - b1) * g
     v64 = b2 * v.astype(np.float64) + (1 - b2) * g.astype(np.float64) ** 2
