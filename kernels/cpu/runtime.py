@@ -434,15 +434,21 @@ def serial():
     """Run this thread's kernel calls on this thread alone, BLAS included.
 
     For callers that parallelize themselves (Dask's threads or worker processes):
-    their threads times ours would oversubscribe the cores.
+    their threads times ours would oversubscribe the cores. Numba's thread count is
+    per calling thread, so kernels split into several parts (ReLU, pooling, Adam) run
+    them all here.
     """
-    previous = getattr(_thread_state, "serial", False)
+    if not _layer_ready:
+        _load_threading_layer()  # before Numba's thread count is touched: that would start the default layer
+    previous, previous_threads = getattr(_thread_state, "serial", False), numba.get_num_threads()
     _thread_state.serial = True
+    numba.set_num_threads(1)
     try:
         with single_threaded_blas():
             yield
     finally:
         _thread_state.serial = previous
+        numba.set_num_threads(previous_threads)
 
 
 def _blas_controller():

@@ -123,3 +123,35 @@ def test_stress_four_threads_match_a_serial_run():
     assert failures == [] and min(runs) >= 2, (failures, runs)
     assert blas_threads() == before and gpuconv.tensor.is_grad_enabled()
     print(f"stress: {sum(runs)} network runs in {STRESS_SECONDS} s over 4 threads ({runs})")
+
+
+def test_serial_runs_split_kernels_on_the_calling_thread():
+    """Inside ``serial()`` a kernel split into parts (ReLU, pooling and Adam take several per thread) runs every
+    part on the calling thread, in the main thread and in others; the thread count comes back after."""
+    import numba
+
+    from gpuconv.kernels.cpu import runtime
+
+    @numba.njit(parallel=True)
+    def part_threads(out):
+        for p in numba.prange(out.size):
+            spin = 0.0
+            for i in range(200_000):  # long enough for another thread to take parts, if it may
+                spin += i * 1e-9
+            out[p] = numba.get_thread_id() + spin * 0
+
+    def check(results):
+        before = numba.get_num_threads()
+        with gpuconv.backend.use_backend("cpu"), gpuconv.backend.serial():
+            out = np.full(8, -1.0)
+            runtime.launch(part_threads, out)
+            results.append((out.tolist(), numba.get_num_threads()))
+        results.append(numba.get_num_threads() == before)
+
+    results = []
+    check(results)
+    worker = threading.Thread(target=check, args=(results,))
+    worker.start()
+    worker.join()
+    for inside, restored in (results[0:2], results[2:4]):
+        assert inside == ([0.0] * 8, 1) and restored
