@@ -37,14 +37,23 @@ def test_adam_takes_the_fused_kernel_and_marks_the_parameter_changed(rng, monkey
     assert backend.optional_kernel("adam_update", weight.data) is cpu.adam_update
 
 
-@pytest.mark.parametrize("shape", [(256, 300, 128), (64, 3136, 128), (3136, 64, 128), (64, 128, 3136), (5, 7, 3)])
-def test_split_matmul_equals_numpy_and_repeats_itself(rng, shape):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(256, 300, 128), (64, 3136, 128), (3136, 64, 128), (64, 128, 3136), (5, 7, 3),
+                                   (37, 501, 1003)])
+def test_split_matmul_equals_numpy_and_repeats_itself(rng, shape, dtype):
+    """Split by rows or by columns (whichever operand is larger), each operand C or F (a transposed view, as
+    the dense layer's gradients pass them), against float64 products."""
     m, k, n = shape
-    a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+    a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    expected = a.astype(np.float64) @ b
+    tolerance = dict(rtol=1e-4, atol=1e-4 * np.sqrt(k)) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12 * k)
     got = matmul.matmul(a, b)
-    np.testing.assert_allclose(got, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+    assert got.dtype == dtype and got.flags.c_contiguous
+    np.testing.assert_allclose(got, expected, **tolerance)
     np.testing.assert_array_equal(got, matmul.matmul(a, b))
-    np.testing.assert_array_equal(matmul.matmul(a.T.copy().T, b), got)  # any layout of the operands
+    for a_layout, b_layout in ((a.T.copy().T, b), (a, b.T.copy().T), (a.T.copy().T, b.T.copy().T)):
+        np.testing.assert_allclose(matmul.matmul(a_layout, b_layout), expected, **tolerance)
+    np.testing.assert_allclose(matmul.matmul(b.T, a.T), expected.T, **tolerance)  # both transposed views
 
 
 def test_split_matmul_leaves_other_products_to_numpy(rng):
