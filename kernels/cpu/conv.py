@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from ..indexing import output_hw
 from . import direct, runtime, winograd
-from .runtime import JIT, PARALLEL, fill_zero, valid_output_range
+from .runtime import JIT, PARALLEL, fill_zero, part_range, valid_output_range
 
 
 # --------------------------------------------------------------------------- kernels
@@ -364,10 +364,38 @@ def conv2d_backward_weight(dy, x, weight_shape, stride, padding, dilation, works
     return _im2col_backward_weight(dy, x, weight_shape, stride, padding, dilation, workspace_bytes)
 
 
-def conv2d_backward_bias(dy):
-    """dbias of conv2d: dy (N, K, OH, OW) -> (K,), summed over N, OH, OW.
+@njit(inline="always")
+def _channel_sums(dy, db, k0, k1):
+    for k in range(k0, k1):
+        total = 0.0  # float64: a float32 running sum over a batch's 50k values would lose digits
+        for n in range(dy.shape[0]):
+            row = dy[n, k]
+            for p in range(row.size):  # vectorized: reassociation allowed below, the order fixed per machine
+                total += row[p]
+        db[k] = total
 
-    einsum's summation loop measured 3x faster than ``sum(axis=(0, 2, 3))`` here, at the same accuracy.
-    """
+
+@njit(**dict(JIT, fastmath={"reassoc"}))
+def _bias_gradient(dy, db):
+    _channel_sums(dy, db, 0, dy.shape[1])
+
+
+@njit(**dict(PARALLEL, fastmath={"reassoc"}))
+def _bias_gradient_parts(dy, db, parts):
+    for part in prange(parts):
+        k0, k1 = part_range(dy.shape[1], parts, part)
+        _channel_sums(dy, db, k0, k1)
+
+
+def conv2d_backward_bias(dy):
+    """dbias of conv2d: dy (N, K, OH, OW) -> (K,), summed over N, OH, OW in float64, a channel per thread at a
+    time (deterministic). Memory-bound: mnist_conv1's at batch 64 took 0.27 ms in einsum (one core), 0.18 here."""
     N, K = dy.shape[:2]
-    return np.einsum("nkp->k", np.ascontiguousarray(dy).reshape(N, K, dy.shape[2] * dy.shape[3]))
+    dy = np.ascontiguousarray(dy).reshape(N, K, dy.shape[2] * dy.shape[3])
+    db = np.empty(K, dy.dtype)
+    parts = min(K, runtime.parts(dy.size, 1))
+    if parts <= 1:
+        _bias_gradient(dy, db)
+    else:
+        runtime.launch(_bias_gradient_parts, dy, db, parts)
+    return db

@@ -270,3 +270,23 @@ def test_argmax_dtype_and_wide_windows_against_loops(pool, dtype, rng):
         for taps in (argmax, argmax.astype(np.int32), argmax.astype(np.int64)):
             np.testing.assert_array_equal(cpu.pool2d_backward(dy, taps, shape, "max", pool, stride, padding), want)
     assert cpu.pool2d_forward(x, "max", pool, pool, ((0, 0), (0, 0)))[1][0, 0, 0, 0] == pool[0] * pool[1] - 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(64, 32, 28, 28), (5, 3, 7, 9), (2, 1, 3, 3), (0, 4, 5, 5), (2, 3, 0, 4)])
+def test_bias_gradient_against_float64_sums(rng, shape, dtype):
+    """Split over channels (one per thread at a time) or not, summed in float64: within a float64 running sum's
+    error bound and one rounding to the dtype; NaN and inf propagate to their channel only."""
+    dy = rng.standard_normal(shape).astype(dtype)
+    expected = dy.astype(np.float64).sum(axis=(0, 2, 3))
+    got = cpu.conv2d_backward_bias(dy)
+    assert got.dtype == dtype and got.shape == (shape[1],)
+    magnitude = np.abs(dy.astype(np.float64)).sum(axis=(0, 2, 3))
+    count = dy.size // max(shape[1], 1)  # values summed per channel: float64's bound for a running sum
+    bound = np.finfo(dtype).eps * np.abs(expected) + count * np.finfo(np.float64).eps * magnitude
+    assert np.all(np.abs(got - expected) <= bound)
+    if dy.size:
+        dy[0, 0, 0, 0], dy[-1, -1, -1, -1] = np.inf, np.nan
+        got = cpu.conv2d_backward_bias(dy)
+        assert np.isnan(got[-1]) and (got[0] == np.inf if shape[1] > 1 else np.isnan(got[0]))
+        np.testing.assert_array_equal(np.isfinite(got[1:-1]), True)
