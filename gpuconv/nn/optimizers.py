@@ -4,6 +4,15 @@ import math
 from gpuconv.backend import array_module, optional_kernel
 
 
+def _slot(slots, name, grad):
+    """The per-parameter array ``slots[name]``, zeros like ``grad`` the first time (not ``setdefault``, whose
+    default was built, a zeroed array as large as the parameter, on every step)."""
+    array = slots.get(name)
+    if array is None:
+        array = slots[name] = array_module(grad).zeros_like(grad)
+    return array
+
+
 class Optimizer:
     def __init__(self, learning_rate):
         if learning_rate <= 0:
@@ -42,7 +51,7 @@ class SGD(Optimizer):
         if self.momentum == 0:
             parameter.data -= self.learning_rate * grad
             return
-        velocity = slots.setdefault("velocity", array_module(grad).zeros_like(grad))
+        velocity = _slot(slots, "velocity", grad)
         velocity *= self.momentum
         velocity -= self.learning_rate * grad
         parameter.data += self.momentum * velocity - self.learning_rate * grad if self.nesterov else velocity
@@ -59,8 +68,7 @@ class Adam(Optimizer):
 
     def update(self, parameter, grad, slots):
         xp = array_module(grad)
-        m = slots.setdefault("m", xp.zeros_like(grad))
-        v = slots.setdefault("v", xp.zeros_like(grad))
+        m, v = _slot(slots, "m", grad), _slot(slots, "v", grad)
         t = self.iterations
         step = self.learning_rate * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
         fused = optional_kernel("adam_update", grad)
