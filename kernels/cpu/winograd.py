@@ -35,6 +35,8 @@ check every input against ``input_limit`` as they copy it; a pass that meets NaN
 value past the limit returns None, and the caller (``conv``) redoes it with im2col, which
 has the direct sum's semantics.
 """
+import functools
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -63,7 +65,12 @@ def filter_transform(weight):
     """U (16, K, C) = G g Gᵀ of every filter g of weight (K, C, 3, 3), in the weight's dtype."""
     K, C = weight.shape[:2]
     U = np.empty((16, K, C), weight.dtype)
-    _filter_transform(np.ascontiguousarray(weight), U)
+    weight = np.ascontiguousarray(weight)
+    parts = runtime.parts(K, 64 * C)  # a filter costs about what 64 elements of a ReLU do (50 ns)
+    if parts == 1:
+        _filter_transform(weight, U)
+    else:  # mnist_conv2's 2048 filters: 0.11 ms on one core
+        runtime.launch(_filter_transform_parts, weight, U, parts)
     return U
 
 
@@ -94,9 +101,21 @@ def _gt_rows(a, b, c, d):
 
 @njit(**JIT)
 def _filter_transform(weight, U):
-    K, C = weight.shape[0], weight.shape[1]
+    _filter_transform_range(weight, U, 0, weight.shape[0])
+
+
+@njit(**PARALLEL)
+def _filter_transform_parts(weight, U, parts):
+    for part in prange(parts):
+        k0, k1 = runtime.part_range(weight.shape[0], parts, part)
+        _filter_transform_range(weight, U, k0, k1)
+
+
+@njit(inline="always")
+def _filter_transform_range(weight, U, k0, k1):
+    C = weight.shape[1]
     cols = np.empty((4, 3), U.dtype)  # G g
-    for k in range(K):
+    for k in range(k0, k1):
         for c in range(C):
             g = weight[k, c]
             for s in range(3):
@@ -693,14 +712,22 @@ def weight_gradient(dy, x, top, left, limit, workspace_bytes=None):
 
 def _plan(N, OH, OW, C, K, floats_per_tile, dtype, workspace_bytes):
     """The blocks of tiles of every part (``runtime.plan_parts``), and a scratch row per part for its largest."""
+    blocks, starts, need = _blocks(N, OH, OW, C, floats_per_tile, np.dtype(dtype),
+                                   runtime.workspace_budget(workspace_bytes), runtime.threads())
+    parts = len(starts) - 1
+    return blocks, starts, runtime.scratch(parts * need, dtype).reshape(parts, need)
+
+
+@functools.lru_cache(maxsize=64)
+def _blocks(N, OH, OW, C, floats_per_tile, dtype, budget, threads):
+    """``_plan``'s blocks, starts and scratch floats per part, kept per shape (planning took 30-40 us, a
+    training step plans three passes); the kernels only read them. ``threads``: part of the key."""
     TH, TW = -(-OH // TILE), -(-OW // TILE)
     # twice the arrays' size per tile covers the spare tiles and the canvas's extra row, even for 1x1-tile blocks
-    tile_bytes = 2 * floats_per_tile * np.dtype(dtype).itemsize
-    blocks, starts, _ = runtime.plan_parts(N, TH, TW, tile_bytes, runtime.workspace_budget(workspace_bytes),
-                                           BLOCK_BYTES)
+    tile_bytes = 2 * floats_per_tile * dtype.itemsize
+    blocks, starts, _ = runtime.plan_parts(N, TH, TW, tile_bytes, budget, BLOCK_BYTES)
     need = 0
     for n0, n1, th0, th1, tw0, tw1 in blocks:
         rows, L = th1 - th0, (n1 - n0) * (tw1 - tw0 + 1)
         need = max(need, 4 * C * ((rows + 1) * L + 1) + (floats_per_tile - 4 * C) * rows * L + 32 * PLANE_PAD)
-    parts = len(starts) - 1
-    return blocks, starts, runtime.scratch(parts * need, dtype).reshape(parts, need)
+    return blocks, starts, int(need)
