@@ -375,13 +375,8 @@ def _channel_sums(dy, db, k0, k1):
         db[k] = total
 
 
-@njit(**dict(JIT, fastmath={"reassoc"}))
-def _bias_gradient(dy, db):
-    _channel_sums(dy, db, 0, dy.shape[1])
-
-
 @njit(**dict(PARALLEL, fastmath={"reassoc"}))
-def _bias_gradient_parts(dy, db, parts):
+def _bias_gradient(dy, db, parts):
     for part in prange(parts):
         k0, k1 = part_range(dy.shape[1], parts, part)
         _channel_sums(dy, db, k0, k1)
@@ -393,9 +388,5 @@ def conv2d_backward_bias(dy):
     N, K = dy.shape[:2]
     dy = np.ascontiguousarray(dy).reshape(N, K, dy.shape[2] * dy.shape[3])
     db = np.empty(K, dy.dtype)
-    parts = min(K, runtime.parts(dy.size, 1))
-    if parts <= 1:
-        _bias_gradient(dy, db)
-    else:
-        runtime.launch(_bias_gradient_parts, dy, db, parts)
+    runtime.launch(_bias_gradient, dy, db, max(1, min(K, runtime.parts(dy.size, 1))))
     return db

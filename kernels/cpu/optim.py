@@ -3,7 +3,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import runtime
-from .runtime import JIT, PARALLEL, part_range
+from .runtime import PARALLEL, part_range
 
 # Elements per round of Adam's three loops: the four arrays' slices stay in L1 from one loop to the next,
 # so memory sees one pass over each array, not three (dense1's 401k float32 weights: 0.41 -> 0.32 ms
@@ -28,13 +28,8 @@ def _adam_range(parameter, grad, m, v, beta_1, beta_2, epsilon, step, lo, hi):
             ps[i] -= ms[i] / (np.sqrt(vs[i]) + eps) * size
 
 
-@njit(**JIT)
-def _adam(parameter, grad, m, v, beta_1, beta_2, epsilon, step):
-    _adam_range(parameter, grad, m, v, beta_1, beta_2, epsilon, step, 0, m.size)
-
-
 @njit(**PARALLEL)
-def _adam_parts(parameter, grad, m, v, beta_1, beta_2, epsilon, step, parts):
+def _adam(parameter, grad, m, v, beta_1, beta_2, epsilon, step, parts):
     for p in prange(parts):
         lo, hi = part_range(m.size, parts, p)
         _adam_range(parameter, grad, m, v, beta_1, beta_2, epsilon, step, lo, hi)
@@ -46,7 +41,4 @@ def adam_update(parameter, grad, m, v, beta_1, beta_2, epsilon, step):
     Elementwise, so the result does not depend on how the arrays are split over the cores."""
     arrays = parameter.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1)
     parts = runtime.parts(parameter.size, 1, runtime.SPLIT)  # 18k weights: 12 us on one thread, 16 on two
-    if parts == 1:
-        _adam(*arrays, beta_1, beta_2, epsilon, step)
-    else:
-        runtime.launch(_adam_parts, *arrays, beta_1, beta_2, epsilon, step, parts)
+    runtime.launch(_adam, *arrays, beta_1, beta_2, epsilon, step, parts)

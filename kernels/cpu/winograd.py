@@ -65,12 +65,8 @@ def filter_transform(weight):
     """U (16, K, C) = G g Gᵀ of every filter g of weight (K, C, 3, 3), in the weight's dtype."""
     K, C = weight.shape[:2]
     U = np.empty((16, K, C), weight.dtype)
-    weight = np.ascontiguousarray(weight)
-    parts = runtime.parts(K, 64 * C)  # a filter costs about what 64 elements of a ReLU do (50 ns)
-    if parts == 1:
-        _filter_transform(weight, U)
-    else:  # mnist_conv2's 2048 filters: 0.11 ms on one core
-        runtime.launch(_filter_transform_parts, weight, U, parts)
+    # a filter costs about what 64 elements of a ReLU do (50 ns): mnist_conv2's 2048 took 0.11 ms on one core
+    runtime.launch(_filter_transform, np.ascontiguousarray(weight), U, runtime.parts(K, 64 * C))
     return U
 
 
@@ -99,13 +95,8 @@ def _gt_rows(a, b, c, d):
     return a + (b + c) * 0.5, (b - c) * 0.5, (b + c) * 0.5 + d
 
 
-@njit(**JIT)
-def _filter_transform(weight, U):
-    _filter_transform_range(weight, U, 0, weight.shape[0])
-
-
 @njit(**PARALLEL)
-def _filter_transform_parts(weight, U, parts):
+def _filter_transform(weight, U, parts):
     for part in prange(parts):
         k0, k1 = runtime.part_range(weight.shape[0], parts, part)
         _filter_transform_range(weight, U, k0, k1)
