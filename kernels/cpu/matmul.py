@@ -4,10 +4,10 @@ Inside a training session BLAS is held to one thread (its idle threads' spinning
 conv kernels' own threads), so a plain ``a @ b`` there runs on one core. Here the output is
 split into one single-threaded GEMM per part, called straight through SciPy's BLAS
 (``numba_xxgemm``, what Numba's np.dot calls), which takes strided and transposed operands:
-the split goes across the larger operand, so each part packs only its share of it. (Split by rows of ``a``, each part
-packed all of ``b``: the dense layer's (64 x 3136) @ (3136 x 128) took 0.31 ms for half the
-rows, 0.40 for all, on one core.) Every output element is computed by one GEMM, so results
-do not depend on timing.
+the split goes across the larger operand, so each part packs only its share of it. (Split
+by rows of ``a``, each part packed all of ``b``: the dense layer's (64 x 3136) @ (3136 x 128)
+took 0.31 ms for half the rows, 0.40 for all, on one core.) Every output element is computed
+by one GEMM, so results do not depend on timing.
 
 Layouts: ``a`` and ``b`` C- or F-contiguous (a transposed view is F), the output C-contiguous.
 """
