@@ -78,7 +78,7 @@ def matmul(a, b):
         return a @ b
     m, k = a.shape
     n = b.shape[1]
-    by_columns = k * n >= m * k  # split across the larger operand: each part packs its share of it
+    by_columns = n >= m  # split across the larger operand (b: k x n, a: m x k): each part packs its share of it
     parts = min(runtime.threads(), n if by_columns else m, max(1, 2 * m * n * k // PARALLEL_MIN_FLOPS))
     if parts <= 1 or k == 0 or max(m, n, k) >= 1 << 31:
         return a @ b

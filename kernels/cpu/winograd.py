@@ -43,7 +43,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from . import runtime
-from .runtime import JIT, PARALLEL, valid_output_range
+from .runtime import JIT, PARALLEL, part_range, valid_output_range
 
 _u = np.uint64  # unsigned indices: no negative-index wraparound code in the loops
 
@@ -98,7 +98,7 @@ def _gt_rows(a, b, c, d):
 @njit(**PARALLEL)
 def _filter_transform(weight, U, parts):
     for part in prange(parts):
-        k0, k1 = runtime.part_range(weight.shape[0], parts, part)
+        k0, k1 = part_range(weight.shape[0], parts, part)
         _filter_transform_range(weight, U, k0, k1)
 
 
