@@ -155,3 +155,25 @@ def test_serial_runs_split_kernels_on_the_calling_thread():
     worker.join()
     for inside, restored in (results[0:2], results[2:4]):
         assert inside == ([0.0] * 8, 1) and restored
+
+
+def test_thread_count_follows_numba_per_thread():
+    """``runtime.threads()`` (read through the threading layer's own getter) is Numba's count for the calling
+    thread: a thread that sets its count sees it, the main thread keeps its own, and parts follow."""
+    import numba
+
+    from gpuconv.kernels.cpu import runtime
+
+    main_count = runtime.threads()
+    assert main_count == numba.get_num_threads() >= 1
+    seen = []
+
+    def one_thread():
+        numba.set_num_threads(1)
+        seen.append((runtime.threads(), runtime.parts(10**7, 1, runtime.SPLIT)))
+
+    worker = threading.Thread(target=one_thread)
+    worker.start()
+    worker.join()
+    assert seen == [(1, runtime.SPLIT)]
+    assert runtime.threads() == main_count == numba.get_num_threads()
