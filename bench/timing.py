@@ -82,6 +82,10 @@ def _summary(first, times):
 
 
 SWITCH_PAUSE_S = 0.1  # longer than a thread pool's spin-wait (GNU OpenMP's ran past 6 ms here), see below
+# After the pause, untimed calls of the block's target for this long (one at least): on the Intel host a
+# memory-bound loop ran 1.5-2x slower for the first 6-9 ms after 0.1 s idle, single-threaded np.copyto as
+# much as anyone's kernel (compute-bound loops did not slow), and a thread pool's first call wakes its threads
+BLOCK_WARMUP_S = 0.02
 
 
 def measure_interleaved(entries, repeats, warmup, block=5):
@@ -90,7 +94,9 @@ def measure_interleaved(entries, repeats, warmup, block=5):
 
     Before each block the targets' thread pools are given ``SWITCH_PAUSE_S`` to go idle: a pool still
     spinning after the previous target's call (PyTorch's OpenMP threads spin for milliseconds) would take
-    cores from the next one, which a run of one target at a time never sees.
+    cores from the next one, which a run of one target at a time never sees. Then the block's target is
+    warmed up again by ``BLOCK_WARMUP_S`` of untimed calls, so that the block times it in the state a
+    run of calls keeps it in (threads awake, memory up to speed), not its recovery from the pause.
 
     ``entries``: ``(calls, timer, setup)`` per target (``setup`` None or run before each of its blocks).
     Returns one summary per entry, as ``measure`` gives.
@@ -109,6 +115,17 @@ def measure_interleaved(entries, repeats, warmup, block=5):
             if setup:
                 setup()
             time.sleep(SWITCH_PAUSE_S)
+            _rewarm(calls, timer, BLOCK_WARMUP_S)
             for i in range(min(block, repeats - r * block)):
                 times[k].append(timer(calls[(r * block + i) % len(calls)]))
     return [_summary(first, samples) for first, samples in zip(firsts, times)]
+
+
+def _rewarm(calls, timer, seconds):
+    """Untimed calls of ``calls`` (rotating) until ``seconds`` have passed, at least one."""
+    end = time.perf_counter() + seconds
+    i = 0
+    while i == 0 or time.perf_counter() < end:
+        calls[i % len(calls)]()
+        timer.synchronize()
+        i += 1

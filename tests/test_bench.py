@@ -10,7 +10,8 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from bench import counts, suite  # noqa: E402
-from bench.timing import WallClock, measure  # noqa: E402
+from bench import timing  # noqa: E402
+from bench.timing import WallClock, measure, measure_interleaved  # noqa: E402
 
 
 def test_conv_flops_of_the_seeds_layers():
@@ -49,6 +50,38 @@ def test_measure_reports_compile_time_apart_and_the_spread():
     assert len(calls) == 1 + 2 + 5
     assert result["first_call_s"] >= 0.05 > result["median_s"]
     assert result["q25_s"] <= result["median_s"] <= result["q75_s"] and result["repeats"] == 5
+
+
+def test_interleaved_blocks_start_with_untimed_calls_of_their_own_target(monkeypatch):
+    monkeypatch.setattr(timing, "SWITCH_PAUSE_S", 0.0)
+    monkeypatch.setattr(timing, "BLOCK_WARMUP_S", 0.002)
+    log = []  # (target, timed) per call, in order
+
+    class MarkingClock(WallClock):
+        def __call__(self, fn):
+            log.append("timer")
+            return super().__call__(fn)
+
+    def target(name):
+        def call():
+            timed = bool(log) and log[-1] == "timer"
+            if timed:
+                log.pop()
+            log.append((name, timed))
+        return [call]
+
+    results = measure_interleaved([(target("a"), MarkingClock(), None), (target("b"), MarkingClock(), None)],
+                                  repeats=6, warmup=1, block=3)
+    assert [r["repeats"] for r in results] == [6, 6]
+    calls = log[4:]  # after each target's first call and warm-up call
+    assert log[:4] == [("a", False)] * 2 + [("b", False)] * 2
+    runs = []  # (target, untimed calls, timed calls) per block
+    for name, timed in calls:
+        if not runs or runs[-1][0] != name or (timed is False and runs[-1][2]):
+            runs.append([name, 0, 0])
+        runs[-1][1 if not timed else 2] += 1
+    assert [(name, timed) for name, _, timed in runs] == [("a", 3), ("b", 3), ("b", 3), ("a", 3)]
+    assert all(untimed >= 1 for _, untimed, _ in runs)  # re-warmed after every pause
 
 
 def test_a_wrong_result_is_flagged(monkeypatch):
