@@ -16,13 +16,16 @@ Method: the first call (JIT compile) is timed apart, then warm-up calls, then
 the median and interquartile range of ``--repeats`` timed calls over rotating
 input buffers, the targets of an op interleaved in rounds of a few calls each (a
 slow spell of the machine falls on all alike; each round starts after a pause, so
-no target's idle threads still spin); CUDA events on the GPU.
+no target's idle threads still spin, then 20 ms of untimed calls of the target, so
+it is timed as a run of calls keeps it, not recovering from the pause); CUDA events
+on the GPU.
 Each result is checked against the CPU backend before it is timed. Output:
 bench/results/<device>-<date>/ with
 results.json, results.md, throughput.png and roofline.png.
 """
 import argparse
 import datetime
+import glob
 import os
 import platform
 import re
@@ -329,7 +332,7 @@ def end_to_end(targets, batches, log):
 def environment(targets, peaks):
     from importlib import metadata
     info = dict(date=datetime.date.today().isoformat(), python=platform.python_version(),
-                cpu=_cpu_name(), cores=os.cpu_count(), peaks=peaks,
+                cpu=_cpu_name(), cores=os.cpu_count(), cpu_caches=_cpu_caches(), peaks=peaks,
                 targets=[t.name for t in targets],
                 simulator=any(backend.is_simulated(t.name) for t in targets))
     versions = {}
@@ -363,6 +366,21 @@ def _cpu_name():
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _cpu_caches():
+    """{'L1d': '48K', 'L2': '2048K', 'L3': '491520K', ...} as the OS reports them for CPU 0 (a VM's are the
+    hypervisor's report): the hosts differ in what their caches hold, which decides kernel choices such as
+    streaming stores. Empty where sysfs has no cache entries."""
+    caches = {}
+    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index[0-9]*")):
+        try:
+            level, kind, size = (open(os.path.join(index, name)).read().strip() for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        if kind != "Instruction":
+            caches[f"L{level}{'d' if kind == 'Data' else ''}"] = size
+    return caches
 
 
 def results_dir(out, info):
