@@ -372,10 +372,14 @@ def _cpu_caches():
     """{'L1d': '48K', 'L2': '2048K', 'L3': '491520K', ...} as the OS reports them for CPU 0 (a VM's are the
     hypervisor's report): the hosts differ in what their caches hold, which decides kernel choices such as
     streaming stores. Empty where sysfs has no cache entries."""
+    def read(index, name):
+        with open(os.path.join(index, name)) as f:
+            return f.read().strip()
+
     caches = {}
     for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index[0-9]*")):
         try:
-            level, kind, size = (open(os.path.join(index, name)).read().strip() for name in ("level", "type", "size"))
+            level, kind, size = (read(index, name) for name in ("level", "type", "size"))
         except OSError:
             continue
         if kind != "Instruction":

@@ -9,8 +9,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bench import counts, suite  # noqa: E402
-from bench import timing  # noqa: E402
+from bench import counts, suite, timing  # noqa: E402
 from bench.timing import WallClock, measure, measure_interleaved  # noqa: E402
 
 
