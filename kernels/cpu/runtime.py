@@ -328,16 +328,16 @@ def blocks(n0, n1, out_h, out_w, bytes_per_column, budget):
                     yield n, n + 1, oh, oh + 1, ow0, min(ow0 + cols, out_w)
 
 
-def plan_parts(n_images, out_h, out_w, bytes_per_column, budget, cap=None):
+def plan_parts(n_images, out_h, out_w, bytes_per_column, budget, cap=None, max_parts=None):
     """The blocks of a batch for a parallel kernel: ``(blocks, starts, per_part)``.
 
-    Image ranges (``image_units``) are dealt out in contiguous runs, one run per part (thread);
-    ``blocks`` ((count, 6), ``blocks()``'s tuples) holds every part's blocks in order, part p's
-    from ``starts[p]`` to ``starts[p + 1]``, each within ``per_part`` bytes (``budget`` shared by
-    the parts, and at most ``cap``).
+    Image ranges (``image_units``) are dealt out in contiguous runs, one run per part (thread, at most
+    ``max_parts``); ``blocks`` ((count, 6), ``blocks()``'s tuples) holds every part's blocks in order, part
+    p's from ``starts[p]`` to ``starts[p + 1]``, each within ``per_part`` bytes (``budget`` shared by the
+    parts, and at most ``cap``).
     """
     units = image_units(n_images, out_h, out_w, bytes_per_column, budget)
-    count = max(1, min(len(units), threads()))
+    count = max(1, min(len(units), threads(), max_parts or len(units)))
     per_part = max(1, budget // count)
     if cap is not None:
         per_part = min(per_part, cap)

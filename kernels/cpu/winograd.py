@@ -722,9 +722,14 @@ def _blocks(N, OH, OW, C, floats_per_tile, dtype, budget, threads, cap):
     TH, TW = -(-OH // TILE), -(-OW // TILE)
     # twice the arrays' size per tile covers the spare tiles and the canvas's extra row, even for 1x1-tile blocks
     tile_bytes = 2 * floats_per_tile * dtype.itemsize
-    blocks, starts, _ = runtime.plan_parts(N, TH, TW, tile_bytes, budget, cap)
-    need = 0
-    for n0, n1, th0, th1, tw0, tw1 in blocks:
-        rows, L = th1 - th0, (n1 - n0) * (tw1 - tw0 + 1)
-        need = max(need, 4 * C * ((rows + 1) * L + 1) + (floats_per_tile - 4 * C) * rows * L + 32 * PLANE_PAD)
+    # a part's scratch has a floor (its planes' padding, one tile's transforms): with many threads and a small
+    # budget the parts' floors alone passed it (16 threads, 64 KiB: 118 KiB), so fewer parts until they fit
+    for max_parts in range(threads, 0, -1):
+        blocks, starts, _ = runtime.plan_parts(N, TH, TW, tile_bytes, budget, cap, max_parts)
+        need = 0
+        for n0, n1, th0, th1, tw0, tw1 in blocks:
+            rows, L = th1 - th0, (n1 - n0) * (tw1 - tw0 + 1)
+            need = max(need, 4 * C * ((rows + 1) * L + 1) + (floats_per_tile - 4 * C) * rows * L + 32 * PLANE_PAD)
+        if (len(starts) - 1) * need * dtype.itemsize <= budget:
+            break
     return blocks, starts, int(need)

@@ -23,15 +23,31 @@ def test_chunked_workspace_gives_same_result(rng, workspace_bytes):
     np.testing.assert_allclose(dw, cpu.conv2d_backward_weight(dy, x, w.shape, *geometry), rtol=1e-12, atol=1e-12)
 
 
-def test_workspace_stays_under_budget(rng, monkeypatch):
+@pytest.mark.parametrize("threads", [None, 8, 16])
+@pytest.mark.parametrize("algorithm", ["winograd", "im2col"])
+def test_workspace_stays_under_budget(rng, monkeypatch, threads, algorithm):
+    """Every pass's scratch within the budget, also planned for more threads than this machine has
+    (Winograd's parts each have a floor: 16 parts of a 64 KiB budget once asked for 118 KiB)."""
+    from gpuconv.kernels.cpu import winograd
     requested = []
     original = runtime.scratch
     monkeypatch.setattr(runtime, "scratch", lambda count, dtype: requested.append(count * np.dtype(dtype).itemsize)
                         or original(count, dtype))
+    if threads:
+        monkeypatch.setattr(runtime, "threads", lambda: threads)
+        winograd._blocks.cache_clear()
     x, w, _ = case_arrays(rng, (64, 8, 16, 16, 8, 3, 3), np.float32)
+    dy = rng.standard_normal((64, 8, 16, 16)).astype(np.float32)
+    geometry = ((1, 1), ((1, 1), (1, 1)), (1, 1))
     budget = 64 << 10
-    cpu.conv2d_forward(x, w, None, (1, 1), ((1, 1), (1, 1)), (1, 1), workspace_bytes=budget)
+    y = cpu.conv2d_forward(x, w, None, *geometry, workspace_bytes=budget, algorithm=algorithm)
+    dx = cpu.conv2d_backward_input(dy, w, x.shape, *geometry, workspace_bytes=budget, algorithm=algorithm)
+    dw = cpu.conv2d_backward_weight(dy, x, w.shape, *geometry, workspace_bytes=budget, algorithm=algorithm)
+    winograd._blocks.cache_clear()  # plans made under the patched thread count
     assert requested and max(requested) <= budget
+    dx_ref, dw_ref, _ = ref.conv2d_grads(x, w, dy, *geometry)
+    for got, expected in ((y, ref.conv2d(x, w, None, *geometry)), (dx, dx_ref), (dw, dw_ref)):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
     assert runtime.workspace_budget(1 << 40) == runtime.WORKSPACE_LIMIT and 2 * runtime.WORKSPACE_LIMIT <= 256 << 20
 
 
