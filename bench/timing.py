@@ -122,7 +122,10 @@ def measure_interleaved(entries, repeats, warmup, block=5):
 
 
 def _rewarm(calls, timer, seconds):
-    """Untimed calls of ``calls`` (rotating) until ``seconds`` have passed, at least one."""
+    """Untimed calls of ``calls`` (rotating) until ``seconds`` have passed, at least one; none for 0 (the
+    method before 8ad4a9e)."""
+    if seconds <= 0:
+        return
     end = time.perf_counter() + seconds
     i = 0
     while i == 0 or time.perf_counter() < end:

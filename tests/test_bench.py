@@ -81,6 +81,10 @@ def test_interleaved_blocks_start_with_untimed_calls_of_their_own_target(monkeyp
         runs[-1][1 if not timed else 2] += 1
     assert [(name, timed) for name, _, timed in runs] == [("a", 3), ("b", 3), ("b", 3), ("a", 3)]
     assert all(untimed >= 1 for _, untimed, _ in runs)  # re-warmed after every pause
+    monkeypatch.setattr(timing, "BLOCK_WARMUP_S", 0.0)  # the method before the re-warm: timed calls only
+    log.clear()
+    measure_interleaved([(target("a"), MarkingClock(), None)], repeats=6, warmup=0, block=3)
+    assert log == [("a", False)] + [("a", True)] * 6
 
 
 def test_a_wrong_result_is_flagged(monkeypatch):
