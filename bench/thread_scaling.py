@@ -4,10 +4,10 @@
     python bench/thread_scaling.py --threads 1 2 4 8 --shapes cifar_conv resnet_conv --json out.json
 
 Each (shape, op) is timed at every thread count with the suite's method (``timing.measure_interleaved``:
-the thread counts are its targets, interleaved in blocks after a pause and a re-warm, medians of
-``--repeats``); Numba's thread count is set before each block (``numba.set_num_threads``; BLAS stays at
-one thread inside the kernels' parts, as always). Prints the median ms per thread count and the speed-up
-over the smallest count; ``--json`` keeps every figure with the machine and versions.
+the thread counts are its targets, interleaved in blocks after a pause and a re-warm of ``--rewarm-s``,
+medians of ``--repeats``); Numba's thread count is set before each block (``numba.set_num_threads``;
+BLAS stays at one thread inside the kernels' parts, as always). Prints the median ms per thread count and
+the speed-up over the smallest count; ``--json`` keeps every figure with the machine and versions.
 """
 import argparse
 import datetime
@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench import counts, suite  # noqa: E402
+from bench import counts, suite, timing  # noqa: E402
 from bench.timing import WallClock, measure_interleaved  # noqa: E402
 
 
@@ -49,6 +49,10 @@ def main(argv=None):
     parser.add_argument("--ops", nargs="+", default=list(counts.OPS), choices=list(counts.OPS))
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rewarm-s", type=float, default=0.1,
+                        help="untimed calls after each block's pause, in seconds (the suite's 0.02 left one "
+                             "thread's blocks slow on the Intel host: one thread's traffic takes longer to "
+                             "bring its memory up to speed)")
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args(argv)
     most = numba.config.NUMBA_NUM_THREADS
@@ -56,7 +60,10 @@ def main(argv=None):
         parser.error(f"--threads: each count must be within 1..{most} (NUMBA_NUM_THREADS)")
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be positive and --warmup not negative")
+    if args.rewarm_s < 0:
+        parser.error("--rewarm-s must not be negative")
     thread_counts = sorted(set(args.threads))
+    timing.BLOCK_WARMUP_S = args.rewarm_s
     rng = np.random.default_rng(0)
     rows = []
     print(f"{'shape':12} {'op':24} " + " ".join(f"{t:>3} thr ms" for t in thread_counts) + "  speed-up")
@@ -76,7 +83,7 @@ def main(argv=None):
         info = dict(date=datetime.date.today().isoformat(), cpu=suite._cpu_name(), cores=os.cpu_count(),
                     cpu_caches=suite._cpu_caches(), python=platform.python_version(), numba=numba.__version__,
                     threading_layer=numba.threading_layer(), git_commit=commit, threads=thread_counts,
-                    repeats=args.repeats)
+                    repeats=args.repeats, rewarm_s=args.rewarm_s)
         path = args.json
         with open(path + ".tmp", "w") as f:  # whole or not at all
             json.dump(dict(environment=info, rows=rows), f, indent=1)

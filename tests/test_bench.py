@@ -163,12 +163,13 @@ def test_thread_scaling_times_each_count_with_its_threads_set(tmp_path, monkeypa
     monkeypatch.setattr(numba, "set_num_threads", lambda n: counts_set.append(n) or real(n))
     most = numba.config.NUMBA_NUM_THREADS
     out = tmp_path / "scaling.json"
+    monkeypatch.setattr(timing, "BLOCK_WARMUP_S", timing.BLOCK_WARMUP_S)  # the tool sets its own; restored after
     thread_scaling.main(["--shapes", "tiny", "--ops", "relu_forward", "conv2d_forward", "--threads", "1", str(most),
-                         "--repeats", "4", "--warmup", "1", "--json", str(out)])
+                         "--repeats", "4", "--warmup", "1", "--rewarm-s", "0.005", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert [(r["shape"], r["op"]) for r in saved["rows"]] == [("tiny", "relu_forward"), ("tiny", "conv2d_forward")]
     for row in saved["rows"]:
         assert set(row["median_s"]) == {str(t) for t in {1, most}} and all(v > 0 for v in row["median_s"].values())
         assert row["speedup"]["1"] == 1.0
     assert set(counts_set) == {1, most} and counts_set[-1] == most  # each block at its count; all cores after
-    assert saved["environment"]["threads"] == sorted({1, most})
+    assert saved["environment"]["threads"] == sorted({1, most}) and saved["environment"]["rewarm_s"] == 0.005
