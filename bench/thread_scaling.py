@@ -32,7 +32,7 @@ def scaling(shape, ops, thread_counts, repeats, warmup, rng):
     sets = [target.to_device(suite.host_inputs(shape, rng)) for _ in range(suite.BUFFERS)]
     out = {}
     for op in ops:
-        calls = [lambda a=a: target.ops[op](a) for a in sets]
+        calls = [lambda a=a, run=target.ops[op]: run(a) for a in sets]
         entries = [(calls, WallClock(), lambda t=t: numba.set_num_threads(t)) for t in thread_counts]
         out[op] = dict(zip(thread_counts, measure_interleaved(entries, repeats, warmup)))
     numba.set_num_threads(max(thread_counts))

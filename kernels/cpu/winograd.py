@@ -718,7 +718,8 @@ def _plan(N, OH, OW, C, K, floats_per_tile, dtype, workspace_bytes, cap=None):
 @functools.lru_cache(maxsize=64)
 def _blocks(N, OH, OW, C, floats_per_tile, dtype, budget, threads, cap):
     """``_plan``'s blocks, starts and scratch floats per part, kept per shape (planning took 30-40 us, a
-    training step plans three passes); the kernels only read them. ``threads``: part of the key."""
+    training step plans three passes); the kernels only read them. ``threads``: the most parts (and so part
+    of the key)."""
     TH, TW = -(-OH // TILE), -(-OW // TILE)
     # twice the arrays' size per tile covers the spare tiles and the canvas's extra row, even for 1x1-tile blocks
     tile_bytes = 2 * floats_per_tile * dtype.itemsize
