@@ -25,7 +25,6 @@ results.json, results.md, throughput.png and roofline.png.
 """
 import argparse
 import datetime
-import glob
 import os
 import platform
 import re
@@ -37,6 +36,7 @@ import numpy as np
 
 import gpuconv
 from gpuconv import backend
+from gpuconv.kernels.cpu.runtime import cpu_caches
 
 from . import counts, report
 from .timing import CupyEvents, TorchEvents, WallClock, measure, measure_interleaved
@@ -332,7 +332,7 @@ def end_to_end(targets, batches, log):
 def environment(targets, peaks):
     from importlib import metadata
     info = dict(date=datetime.date.today().isoformat(), python=platform.python_version(),
-                cpu=_cpu_name(), cores=os.cpu_count(), cpu_caches=_cpu_caches(), peaks=peaks,
+                cpu=_cpu_name(), cores=os.cpu_count(), cpu_caches=cpu_caches(), peaks=peaks,
                 targets=[t.name for t in targets],
                 simulator=any(backend.is_simulated(t.name) for t in targets))
     versions = {}
@@ -366,25 +366,6 @@ def _cpu_name():
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _cpu_caches():
-    """{'L1d': '48K', 'L2': '2048K', 'L3': '491520K', ...} as the OS reports them for CPU 0 (a VM's are the
-    hypervisor's report): the hosts differ in what their caches hold, which decides kernel choices such as
-    streaming stores. Empty where sysfs has no cache entries."""
-    def read(index, name):
-        with open(os.path.join(index, name)) as f:
-            return f.read().strip()
-
-    caches = {}
-    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index[0-9]*")):
-        try:
-            level, kind, size = (read(index, name) for name in ("level", "type", "size"))
-        except OSError:
-            continue
-        if kind != "Instruction":
-            caches[f"L{level}{'d' if kind == 'Data' else ''}"] = size
-    return caches
 
 
 def results_dir(out, info):

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from bench import counts, suite, timing  # noqa: E402
 from bench.timing import WallClock, measure_interleaved  # noqa: E402
+from gpuconv.kernels.cpu.runtime import cpu_caches  # noqa: E402
 
 
 def scaling(shape, ops, thread_counts, repeats, warmup, rng):
@@ -81,7 +82,7 @@ def main(argv=None):
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
         info = dict(date=datetime.date.today().isoformat(), cpu=suite._cpu_name(), cores=os.cpu_count(),
-                    cpu_caches=suite._cpu_caches(), python=platform.python_version(), numba=numba.__version__,
+                    cpu_caches=cpu_caches(), python=platform.python_version(), numba=numba.__version__,
                     threading_layer=numba.threading_layer(), git_commit=commit, threads=thread_counts,
                     repeats=args.repeats, rewarm_s=args.rewarm_s)
         path = args.json

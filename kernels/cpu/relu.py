@@ -1,8 +1,9 @@
 """CPU ReLU, forward and backward: elementwise Numba loops, split over the cores for large arrays.
 
-The backward's choice is written so it compiles to a vector select, not a branch. Outputs of at least
-``runtime.STREAM_MIN_BYTES`` are written a cache line at a time with non-temporal stores
-(``runtime.line_intrinsic``), the ragged ends of each part by the plain loops.
+The backward's choice is written so it compiles to a vector select, not a branch. Large outputs
+(``runtime.streams``: the forward's from half the last-level cache, the backward's from 4 MiB) are written a
+cache line at a time with non-temporal stores (``runtime.line_intrinsic``), the ragged ends of each part by the
+plain loops.
 """
 import numpy as np
 from numba import njit, prange
@@ -68,7 +69,7 @@ def relu_forward(x):
     x = np.asarray(x, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
     y = runtime.empty(x.shape, x.dtype)
     runtime.launch(_relu_forward, x.reshape(-1), y.reshape(-1), runtime.parts(x.size, 1, runtime.SPLIT),
-                   runtime.streams(y))
+                   runtime.streams(y, reread=True))
     return y
 
 

@@ -9,6 +9,7 @@ from gpuconv.kernels.cpu import relu, runtime
 @pytest.fixture
 def always_stream(monkeypatch):
     monkeypatch.setattr(runtime, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(runtime, "CACHE_KEEP_BYTES", 0)
 
 
 def _misaligned(values, offset):
@@ -45,14 +46,49 @@ def test_elements_straddling_cache_lines_are_written_plainly(always_stream, rng)
     np.testing.assert_array_equal(y, np.maximum(x, 0))
 
 
-def test_only_large_outputs_stream():
+def test_only_large_outputs_stream(monkeypatch):
+    monkeypatch.setattr(runtime, "CACHE_KEEP_BYTES", 8 * runtime.STREAM_MIN_BYTES)
     small = np.zeros(runtime.STREAM_MIN_BYTES // 4 - 1, np.float32)
     assert not runtime.streams(small) and runtime.streams(np.zeros(runtime.STREAM_MIN_BYTES // 4, np.float32))
+    kept = np.zeros(runtime.CACHE_KEEP_BYTES // 8 - 1)
+    assert runtime.streams(kept) and not runtime.streams(kept, reread=True)
+    assert runtime.streams(np.zeros(runtime.CACHE_KEEP_BYTES // 8), reread=True)
 
 
-def test_large_relu_through_the_public_kernels(rng):
-    x = rng.standard_normal((2, 3, 700, 701)).astype(np.float32)  # 11.8 MB: streamed
-    assert runtime.streams(x)
+def _fake_caches(root, sizes):
+    for i, (level, kind, size) in enumerate(sizes):
+        index = root / f"index{i}"
+        index.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (index / name).write_text(f"{value}\n")
+    return str(root)
+
+
+def test_caches_read_from_sysfs(tmp_path):
+    root = _fake_caches(tmp_path, [(1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "2048K"),
+                                   (3, "Unified", "32768K")])
+    caches = runtime.cpu_caches(root)
+    assert caches == {"L1d": "48K", "L2": "2048K", "L3": "32768K"}
+    assert runtime.last_level_cache_bytes(caches) == 32 << 20
+    assert runtime.cpu_caches(str(tmp_path / "missing")) == {}
+
+
+@pytest.mark.parametrize("caches, keep", [
+    ({"L1d": "32K", "L2": "1024K", "L3": "32768K"}, 16 << 20),   # half the last level
+    ({"L2": "2M", "L3": "491520K"}, 48 << 20),                   # capped: a VM's share of a large shared cache
+    ({"L2": "2048K"}, 4 << 20),                                  # floored at STREAM_MIN_BYTES
+    ({}, 4 << 20),                                               # unknown: as every output
+    ({"L3": "unknown"}, 4 << 20),
+])
+def test_outputs_read_next_stay_in_half_the_last_level_cache(caches, keep):
+    assert runtime.cache_keep_bytes(caches) == keep
+
+
+@pytest.mark.parametrize("keep", [runtime.STREAM_MIN_BYTES, 64 << 20])  # forward's y streamed, then kept
+def test_large_relu_through_the_public_kernels(rng, monkeypatch, keep):
+    monkeypatch.setattr(runtime, "CACHE_KEEP_BYTES", keep)
+    x = rng.standard_normal((2, 3, 700, 701)).astype(np.float32)  # 11.8 MB
+    assert runtime.streams(x) and runtime.streams(x, reread=True) == (keep < x.nbytes)
     y = relu.relu_forward(x)
     np.testing.assert_array_equal(y, np.maximum(x, 0))
     dy = rng.standard_normal(x.shape).astype(np.float32)
