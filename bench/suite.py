@@ -36,7 +36,7 @@ import numpy as np
 
 import gpuconv
 from gpuconv import backend
-from gpuconv.kernels.cpu.runtime import cpu_caches
+from gpuconv.kernels.cpu import runtime as cpu_runtime
 
 from . import counts, report
 from .timing import CupyEvents, TorchEvents, WallClock, measure, measure_interleaved
@@ -332,7 +332,9 @@ def end_to_end(targets, batches, log):
 def environment(targets, peaks):
     from importlib import metadata
     info = dict(date=datetime.date.today().isoformat(), python=platform.python_version(),
-                cpu=_cpu_name(), cores=os.cpu_count(), cpu_caches=cpu_caches(), peaks=peaks,
+                cpu=_cpu_name(), cores=os.cpu_count(), cpu_caches=cpu_runtime.cpu_caches(), peaks=peaks,
+                # the CPU kernels' store policy on this host (runtime.streams): it follows the L3's size
+                cpu_stream_bytes=dict(stream_min=cpu_runtime.STREAM_MIN_BYTES, cache_keep=cpu_runtime.CACHE_KEEP_BYTES),
                 targets=[t.name for t in targets],
                 simulator=any(backend.is_simulated(t.name) for t in targets))
     versions = {}

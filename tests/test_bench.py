@@ -112,6 +112,8 @@ def test_suite_writes_json_markdown_and_plots(tmp_path):
     assert cpu_conv["speedup_vs"]["scipy"] > 0 and cpu_conv["gflops"] > 0 and cpu_conv["correct"]
     assert document["environment"]["peaks"]["cpu"]["copy_gbps"] > 0
     assert document["environment"]["git_commit"] is not None
+    policy = document["environment"]["cpu_stream_bytes"]
+    assert policy["stream_min"] <= policy["cache_keep"] <= 48 << 20
     assert document["end_to_end"][0]["train_images_per_s"] > 0
     table = (directory / "results.md").read_text()
     assert "| conv2d_forward | tiny | cpu |" in table and "End to end" in table
