@@ -334,7 +334,8 @@ def environment(targets, peaks):
     info = dict(date=datetime.date.today().isoformat(), python=platform.python_version(),
                 cpu=_cpu_name(), cores=os.cpu_count(), cpu_caches=cpu_runtime.cpu_caches(), peaks=peaks,
                 # the CPU kernels' store policy on this host (runtime.streams): it follows the L3's size
-                cpu_stream_bytes=dict(stream_min=cpu_runtime.STREAM_MIN_BYTES, cache_keep=cpu_runtime.CACHE_KEEP_BYTES),
+                cpu_stream_bytes=dict(stream_min=cpu_runtime.STREAM_MIN_BYTES,
+                                      cache_keep=cpu_runtime.CACHE_KEEP_BYTES),
                 targets=[t.name for t in targets],
                 simulator=any(backend.is_simulated(t.name) for t in targets))
     versions = {}

@@ -79,7 +79,8 @@ def fill_zero(row, start, stop):
 # a ReLU moves 3 bytes per 2 it needs. Non-temporal stores write whole lines around the caches; a ReLU over
 # 3.2M floats took 0.55 ms instead of 0.71 (PyTorch: 0.59). They pay off only on outputs larger than the
 # caches hold usefully, so kernels stream outputs of at least STREAM_MIN_BYTES, or half the last-level cache
-# for an output the next op reads (``streams()``): their whole cache lines through a ``line_intrinsic`` (one vector op and store per line), the ragged ends plainly.
+# for an output the next op reads (``streams()``): their whole cache lines through a ``line_intrinsic`` (one
+# vector op and store per line), the ragged ends plainly.
 # (Computing chunks into an L1 buffer and copying them out was 1.7x slower than one pass.)
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
@@ -219,10 +220,11 @@ def cache_keep_bytes(caches):
     """The output size from which a kernel streams an output the next op reads: half the last-level cache
     (from ``STREAM_MIN_BYTES`` up to ``CACHE_KEEP_MAX_BYTES``; ``STREAM_MIN_BYTES`` when it is unknown).
 
-    Measured with the ReLU forward in the suite (3 rotating inputs), two runs of each policy, ratio PyTorch /
-    ours: on the AMD host (32 MiB L3) mnist_conv2's 6 MiB output written plainly 0.92-0.96x, streamed
-    0.62-0.64x (the plain one stays in L3 for its next use); 12-20 MiB a tie (0.99-1.33x either way); 32-78 MiB
-    streamed ran 1.03-1.30x faster than plain. On the Intel host (480 MiB reported, shared by the VMs) plain
+    Measured with the ReLU forward in the suite (3 rotating inputs), runs of each policy alternating, ratio
+    PyTorch / ours: on the AMD host (32 MiB L3) mnist_conv2's 6 MiB output written plainly 0.92-0.96x, streamed
+    0.62-0.64x (the plain one stays in L3 for its next use); 12 MiB a tie (streamed 1.03-1.06x, plain
+    0.99-1.13x); 19.5 MiB streamed 0.99-1.72x, plain 0.94-1.25x (five runs each); 32-78 MiB streamed ran
+    1.02-1.31x faster than plain. On the Intel host (480 MiB reported, shared by the VMs) plain
     stores ran 10-20% faster at 32-39 MB, streamed ones 25% faster at 78 MB: hence the cap, a VM's share of a
     large shared cache being less than the whole.
     """
