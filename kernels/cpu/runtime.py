@@ -155,6 +155,26 @@ def line_intrinsic(compute, sources):
 
 
 @intrinsic
+def prefetch_to_l2(typingctx, array, index):
+    """Ask for the cache line of element ``index`` of the 1-D C-contiguous ``array`` to be brought into L2
+    (``llvm.prefetch``, read, locality 2: ``prefetcht1`` on x86; a no-op where the target has none). No bounds
+    check; a prefetch never faults."""
+    if not (isinstance(array, types.Array) and array.ndim == 1 and array.layout == "C"):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_value, index = args
+        data = context.make_array(signature.args[0])(context, builder, array_value).data
+        pointer = builder.bitcast(builder.gep(data, [index]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        prefetch = builder.module.declare_intrinsic(
+            "llvm.prefetch", [pointer.type], ir.FunctionType(ir.VoidType(), [pointer.type, i32, i32, i32]))
+        builder.call(prefetch, [pointer, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(array, index), codegen
+
+
+@intrinsic
 def store_fence(typingctx):
     """Order this thread's non-temporal stores before what follows (``sfence``): call once at a part's end."""
     def codegen(context, builder, signature, args):

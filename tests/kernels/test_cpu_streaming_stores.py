@@ -1,7 +1,10 @@
 """ReLU's non-temporal (streamed) output path against plain NumPy expressions: every alignment of the output
-and of the parts, ragged ends, NaN, float32 and float64, and the size switch."""
+and of the parts, ragged ends, NaN, float32 and float64, and the size switch; the runtime's prefetch hint."""
+import platform
+
 import numpy as np
 import pytest
+from numba import njit
 
 from gpuconv.kernels.cpu import relu, runtime
 
@@ -93,3 +96,18 @@ def test_large_relu_through_the_public_kernels(rng, monkeypatch, keep):
     np.testing.assert_array_equal(y, np.maximum(x, 0))
     dy = rng.standard_normal(x.shape).astype(np.float32)
     np.testing.assert_array_equal(relu.relu_backward(dy, y), np.where(x > 0, dy, 0))
+
+
+def test_prefetch_hint_is_emitted_and_changes_nothing():
+    @njit(cache=False)
+    def hinted_sum(a, ahead):
+        total = 0.0
+        for i in range(a.size):
+            runtime.prefetch_to_l2(a, i + ahead)  # past the end too: a prefetch never faults
+            total += a[i]
+        return total
+
+    a = np.arange(1000, dtype=np.float32)
+    assert hinted_sum(a, 64) == a.sum(dtype=np.float64)
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert "prefetcht1" in hinted_sum.inspect_asm(hinted_sum.signatures[0])
