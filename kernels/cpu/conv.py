@@ -262,7 +262,8 @@ def _im2col_backward_weight(dy, x, weight_shape, stride, padding, dilation, work
 
 # --------------------------------------------------------------------------- the kernels: algorithm per pass
 
-ALGORITHMS = ("auto", "im2col", "winograd", "direct")
+ALGORITHMS = ("auto", "im2col", "winograd", "winograd_2x2", "winograd_4x4", "direct")
+WINOGRAD_TILES = {"winograd_2x2": 2, "winograd_4x4": 4}  # 'winograd' itself: the tile by shape
 WINOGRAD_MIN_CHANNELS = 4
 DIRECT_MAX_CHANNELS = 3
 
@@ -273,8 +274,9 @@ def choose_algorithm(conv_pass, x_shape, weight_shape, stride, dilation, out_hw,
 
     3x3 filters at stride 1 without dilation: 'direct' for the forward and weight-gradient passes
     of layers with few input channels (when an image's scratch fits the workspace), Winograd
-    F(2x2, 3x3) when the channel counts make its GEMMs worth their transforms; im2col + GEMM for
-    everything else.
+    when the channel counts make its GEMMs worth their transforms: 'winograd_4x4' (F(4x4, 3x3)) for the
+    forward and backward-input passes of large enough images (``winograd.forward_tile``), else
+    'winograd_2x2'; im2col + GEMM for everything else.
     """
     C, K = x_shape[1], weight_shape[0]
     if not winograd.applies(weight_shape, stride, dilation):
@@ -283,8 +285,20 @@ def choose_algorithm(conv_pass, x_shape, weight_shape, stride, dilation, out_hw,
             direct.scratch_bytes(C, out_hw, itemsize) <= runtime.workspace_budget(workspace_bytes):
         return "direct"
     if min(C, K) >= WINOGRAD_MIN_CHANNELS:
-        return "winograd"
+        tile = winograd_tile(conv_pass, x_shape, weight_shape, out_hw)
+        return f"winograd_{tile}x{tile}"
     return "im2col"
+
+
+def winograd_tile(conv_pass, x_shape, weight_shape, out_hw):
+    """The Winograd tile side of a pass by shape (``winograd.forward_tile``): the weight gradient's is 2;
+    backward-input is the forward pass of dy (K channels) onto x's (H, W) (C channels)."""
+    C, K = x_shape[1], weight_shape[0]
+    if conv_pass == "backward_weight":
+        return 2
+    if conv_pass == "backward_input":
+        return winograd.forward_tile(x_shape[2:], K, C)
+    return winograd.forward_tile(out_hw, C, K)
 
 
 def _algorithm(algorithm, conv_pass, x_shape, weight_shape, stride, dilation, out_hw, dtype, workspace_bytes):
@@ -293,11 +307,16 @@ def _algorithm(algorithm, conv_pass, x_shape, weight_shape, stride, dilation, ou
                                 workspace_bytes)
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    if algorithm in ("winograd", "direct") and not winograd.applies(weight_shape, stride, dilation):
+    if algorithm != "im2col" and not winograd.applies(weight_shape, stride, dilation):
         raise ValueError(f"algorithm {algorithm!r} needs 3x3 filters, stride 1 and dilation 1; got KCRS "
                          f"{tuple(weight_shape)}, stride {tuple(stride)}, dilation {tuple(dilation)}")
     if algorithm == "direct" and conv_pass == "backward_input":
         raise ValueError("algorithm 'direct' has no backward-input pass; use 'im2col' or 'winograd'")
+    if algorithm == "winograd_4x4" and conv_pass == "backward_weight":
+        raise ValueError("algorithm 'winograd_4x4' has no backward-weight pass; use 'winograd' or 'winograd_2x2'")
+    if algorithm == "winograd":
+        tile = winograd_tile(conv_pass, x_shape, weight_shape, out_hw)
+        return f"winograd_{tile}x{tile}"
     return algorithm
 
 
@@ -305,8 +324,9 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, relu=False, works
     """y = relu?(conv2d(x, weight) + bias).
 
     x (N, C, H, W), weight (K, C, R, S), bias (K,) or None  ->  y (N, K, OH, OW).
-    ``algorithm``: 'auto' (``choose_algorithm``), 'im2col', 'winograd' or 'direct'. Winograd falls back
-    to im2col when an input holds NaN, inf or a value large enough to overflow (``winograd.input_limit``).
+    ``algorithm``: 'auto' (``choose_algorithm``), 'im2col', 'winograd' (its tile by shape), 'winograd_2x2',
+    'winograd_4x4' or 'direct'. Winograd falls back to im2col when an input holds NaN, inf or a value large
+    enough to overflow (``winograd.input_limit``).
     """
     N, C, H, W = x.shape
     K = weight.shape[0]
@@ -315,9 +335,10 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, relu=False, works
                         workspace_bytes)
     if chosen == "direct":
         return direct.conv2d_forward(x, weight, bias, padding, relu, (N, K) + out_hw)
-    if chosen == "winograd" and (bias is None or np.isfinite(bias).all()):
-        limit = winograd.input_limit(x.dtype, 9 * C, winograd.max_magnitude(weight))
-        y = winograd.correlate(x, winograd.filter_transform(weight), bias, relu, padding[0][0], padding[1][0],
+    if chosen in WINOGRAD_TILES and (bias is None or np.isfinite(bias).all()):
+        tile = WINOGRAD_TILES[chosen]
+        limit = winograd.input_limit(x.dtype, 9 * C, winograd.max_magnitude(weight), tile)
+        y = winograd.correlate(x, winograd.filter_transform(weight, tile), bias, relu, padding[0][0], padding[1][0],
                                (N, K) + out_hw, limit, workspace_bytes)
         if y is not None:
             return y
@@ -334,9 +355,10 @@ def conv2d_backward_input(dy, weight, x_shape, stride, padding, dilation, worksp
     K = weight.shape[0]
     chosen = _algorithm(algorithm, "backward_input", x_shape, weight.shape, stride, dilation, dy.shape[2:], dy.dtype,
                         workspace_bytes)
-    if chosen == "winograd":
-        rotated = winograd.filter_transform(winograd.rotated_filters(weight))
-        limit = winograd.input_limit(dy.dtype, 9 * K, winograd.max_magnitude(weight))
+    if chosen in WINOGRAD_TILES:
+        tile = WINOGRAD_TILES[chosen]
+        rotated = winograd.filter_transform(winograd.rotated_filters(weight), tile)
+        limit = winograd.input_limit(dy.dtype, 9 * K, winograd.max_magnitude(weight), tile)
         dx = winograd.correlate(dy, rotated, None, False, 2 - padding[0][0], 2 - padding[1][0], tuple(x_shape),
                                 limit, workspace_bytes)
         if dx is not None:
@@ -356,7 +378,7 @@ def conv2d_backward_weight(dy, x, weight_shape, stride, padding, dilation, works
                         workspace_bytes)
     if chosen == "direct":
         return direct.conv2d_backward_weight(dy, x, weight_shape, padding)
-    if chosen == "winograd":
+    if chosen == "winograd_2x2":
         limit = winograd.input_limit(dy.dtype, N * dy.shape[2] * dy.shape[3])
         dU = winograd.weight_gradient(dy, x, padding[0][0], padding[1][0], limit, workspace_bytes)
         if dU is not None:

@@ -1,4 +1,5 @@
-"""CPU conv2d by Winograd's minimal filtering F(2x2, 3x3): 3x3 filters, stride 1, no dilation, any padding.
+"""CPU conv2d by Winograd's minimal filtering F(2x2, 3x3) and F(4x4, 3x3): 3x3 filters, stride 1, no dilation,
+any padding.
 
 Each 2x2 block of outputs (a *tile*) comes from its 4x4 input patch ``d`` as
 
@@ -29,6 +30,15 @@ of its rows and columns (``_pack_input``, a row at a time in vectors of 8 or 4 s
 straight from the GEMMs' products into y, a row of tiles at a time in explicit vectors of
 4-16 tiles (``_tiles_intrinsic``): as whole-block loops it took two scratch passes more.
 
+F(4x4, 3x3) (the forward and backward-input passes of images from 20x20, ``forward_tile``) takes 6x6 patches
+to 4x4 tiles: 36 GEMMs, 2.25 multiplications per output where F(2x2) has 4; on the AMD host 1.2-1.5x less
+time on the suite's larger images (neu_conv3, cifar_conv). Its matrices come from ``toom_cook`` (points 0,
+±1, ±1/2): Bᵀ's rows hold up to four integers up to 8, so the input transform is two passes of four-term loops
+(``_input_transform_by_rows``); the canvas splits rows and columns modulo 4 (16 planes); the output
+transform is the same intrinsic as F(2x2)'s, built from Aᵀ. Its float32 error is about 10x F(2x2)'s
+(~1.5e-6 of the largest output against 1.5e-7 over 64 channels), still within the tests' 2e-5. The weight
+gradient stays F(2x2).
+
 Not for non-finite or huge inputs: Winograd mixes all 16 inputs of a patch into all 4
 outputs of its tile, so an inf would turn neighbouring outputs into NaN. The pack kernels
 check every input against ``input_limit`` as they copy it; a pass that meets NaN, inf or a
@@ -36,6 +46,8 @@ value past the limit returns None, and the caller (``conv``) redoes it with im2c
 has the direct sum's semantics.
 """
 import functools
+import math
+from fractions import Fraction
 
 import numpy as np
 from llvmlite import ir
@@ -49,7 +61,19 @@ _u = np.uint64  # unsigned indices: no negative-index wraparound code in the loo
 
 # Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], row p as (i1, i2, sign of i2): +d[i1] ± d[i2]
 B_ROWS = np.array([[0, 2, -1], [1, 2, 1], [2, 1, -1], [1, 3, -1]])
-TILE = 2  # outputs per tile side
+# F(2x2, 3x3)'s Aᵀ (2 x 4): the output transform, with the sign of the point at infinity matching B_ROWS
+F2_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+# F(4x4, 3x3) from the points 0, ±1, ±1/2 and infinity: ±1/2 kept float32 errors at half those of ±2
+# (1.6e-6 against 2.8e-6 of the largest output over 64 channels; F(2x2) 1.5e-7); see ``toom_cook``
+F4_POINTS = (0, 1, -1, Fraction(1, 2), Fraction(-1, 2))
+F4_MIN_SIDE, F4_MIN_CHANNELS = 20, 16  # where F(4x4) starts to serve the forward pass (``forward_tile``)
+# Growth of a value through the transforms, bounding ``input_limit``: F(2x2): |Bᵀ|, |G|, |Aᵀ| row sums 2, 1.5, 3
+# squared (81 in all); F(4x4): 24, 1, 5 squared (14400)
+GROWTH = {2: 64 * 64, 4: 128 * 128}
+# F(4x4)'s floats per tile (per input and per output channel) that size its blocks: about half what its arrays
+# take, so blocks twice as large as (52, 48) would make; those ran 10-15% slower on neu_conv2, neu_conv3 and
+# resnet (AMD host); planning by (18, 16) passed the 8 MiB workspace with two parts
+F4_FLOATS_PER_TILE = (26, 24)
 BLOCK_BYTES = 4 << 20  # scratch per block of tiles (planned at twice the need): larger blocks ran slower GEMMs
 # the weight gradient's blocks: on the Intel host (2 MiB L2) 2 MiB ran 5-20% faster than 4 on all five
 # Winograd shapes of the suite (mnist_conv2 3.95 -> 3.42 ms, neu_conv3 22.4 -> 18.2); forward and
@@ -60,17 +84,99 @@ WEIGHT_GRADIENT_BLOCK_BYTES = 2 << 20
 PLANE_PAD = 32
 
 
+def forward_tile(out_hw, in_channels, out_channels):
+    """The tile side of the forward pass (and backward-input's, which is one) for outputs of ``out_hw``: 4 from
+    ``F4_MIN_SIDE`` outputs a side and ``F4_MIN_CHANNELS`` channels in and out, else 2.
+
+    Measured on the AMD host, F(4x4) / F(2x2) time, batch 128, 32 -> 64 channels: 14x14 1.25 (a 14-wide row
+    is 3 full tiles and a ragged one: 16 % more outputs and narrow vectors), 16x16 0.94, 18x18 1.07, 20x20
+    0.86, 24-28 0.75; 64 -> 64 at 8x8 1.02, 32x32 0.65; neu_conv3 (50x50, 64 -> 128) 0.80; 16 -> 16 at
+    28x28 0.92, 8 -> 8 at 56x56 1.06."""
+    return 4 if min(out_hw) >= F4_MIN_SIDE and min(in_channels, out_channels) >= F4_MIN_CHANNELS else 2
+
+
 def applies(weight_shape, stride, dilation):
-    """Winograd F(2x2, 3x3) computes this conv: 3x3 filters, stride 1, no dilation."""
+    """Winograd (F(2x2, 3x3) or F(4x4, 3x3)) computes this conv: 3x3 filters, stride 1, no dilation."""
     return tuple(weight_shape[2:]) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
 
 
-def filter_transform(weight):
-    """U (16, K, C) = G g Gᵀ of every filter g of weight (K, C, 3, 3), in the weight's dtype."""
+def toom_cook(m, points, r=3):
+    """(Aᵀ (m, n), G (n, r), Bᵀ (n, n)) of F(m, r), n = m + r - 1, from n - 1 distinct finite ``points`` and
+    infinity, computed exactly (fractions) and returned as float64 arrays: ``y = Aᵀ [(G g) ⊙ (Bᵀ d)]`` is the
+    correlation ``y[i] = Σ_k d[i + k] g[k]`` of d (n,) with g (r,), and the 2-D form nests it.
+
+    Correlation is the transpose of polynomial multiplication: with V the n x n matrix evaluating a polynomial
+    of degree n - 1 at the points (its last row picks the leading coefficient, the point at infinity),
+    Aᵀ = V_mᵀ, G = V_r and Bᵀ = V⁻ᵀ, V_k being V's first k columns. Each row of Bᵀ is scaled to integers
+    and the same row of G divided by that factor."""
+    n = m + r - 1
+    points = [Fraction(p) for p in points]
+    if len(points) != n - 1 or len(set(points)) != n - 1:
+        raise ValueError(f"points must be {n - 1} distinct numbers, got {points}")
+    V = [[p ** e for e in range(n)] for p in points] + [[Fraction(int(e == n - 1)) for e in range(n)]]
+    inverse = _exact_inverse(V)
+    BT = [[inverse[j][i] for j in range(n)] for i in range(n)]
+    G = [[p ** e for e in range(r)] for p in points] + [[Fraction(int(e == r - 1)) for e in range(r)]]
+    AT = [[V[j][i] if j < n - 1 else Fraction(int(i == m - 1)) for j in range(n)] for i in range(m)]
+    for j in range(n):
+        scale = math.lcm(*(v.denominator for v in BT[j]))
+        BT[j] = [v * scale for v in BT[j]]
+        G[j] = [v / scale for v in G[j]]
+    return tuple(np.array(a, np.float64) for a in (AT, G, BT))
+
+
+def _exact_inverse(matrix):
+    """The inverse of a square matrix of Fractions (Gauss-Jordan with exact arithmetic)."""
+    n = len(matrix)
+    rows = [list(row) + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(matrix)]
+    for c in range(n):
+        pivot = next(i for i in range(c, n) if rows[i][c] != 0)
+        rows[c], rows[pivot] = rows[pivot], rows[c]
+        rows[c] = [v / rows[c][c] for v in rows[c]]
+        for i in range(n):
+            if i != c and rows[i][c] != 0:
+                f = rows[i][c]
+                rows[i] = [a - f * b for a, b in zip(rows[i], rows[c])]
+    return [row[n:] for row in rows]
+
+
+F4_AT, F4_G, F4_BT = toom_cook(4, F4_POINTS)
+
+
+def _terms(BT):
+    """Bᵀ's rows as four (column, coefficient) terms each, (n, 4) indices and (n, 4) coefficients; rows of
+    three nonzeros repeat their first column with coefficient 0 (the loops take four inputs)."""
+    index, coefficient = np.zeros((len(BT), 4), np.int64), np.zeros((len(BT), 4), np.float64)
+    for p, row in enumerate(BT):
+        nonzero = np.flatnonzero(row)
+        if len(nonzero) > 4:
+            raise ValueError("Bᵀ rows of more than 4 nonzeros")
+        index[p] = nonzero[0]
+        index[p, :len(nonzero)] = nonzero
+        coefficient[p, :len(nonzero)] = row[nonzero]
+    return index, coefficient
+
+
+F4_BT_INDEX, F4_BT_COEFFICIENT = _terms(F4_BT)
+
+
+def tile_side(U):
+    """The tile side (2 or 4) of a filter transform U (16 or 36, K, C)."""
+    return {16: 2, 36: 4}[U.shape[0]]
+
+
+def filter_transform(weight, tile=2):
+    """U (n², K, C) = G g Gᵀ of every filter g of weight (K, C, 3, 3), in the weight's dtype; n = tile + 2
+    (F(2x2, 3x3): 16 planes, F(4x4, 3x3): 36)."""
     K, C = weight.shape[:2]
-    U = np.empty((16, K, C), weight.dtype)
+    n = tile + 2
+    U = np.empty((n * n, K, C), weight.dtype)
     # a filter costs about what 64 elements of a ReLU do (50 ns): mnist_conv2's 2048 took 0.11 ms on one core
-    runtime.launch(_filter_transform, np.ascontiguousarray(weight), U, runtime.parts(K, 64 * C))
+    parts = runtime.parts(K, 64 * C * (n * n) // 16)
+    if tile == 2:
+        runtime.launch(_filter_transform, np.ascontiguousarray(weight), U, parts)
+    else:
+        runtime.launch(_filter_transform_by_matrix, np.ascontiguousarray(weight), U, F4_G, parts)
     return U
 
 
@@ -120,6 +226,25 @@ def _filter_transform_range(weight, U, k0, k1):
                     cols[p, 0], cols[p, 1], cols[p, 2])
 
 
+@njit(**PARALLEL)
+def _filter_transform_by_matrix(weight, U, G, parts):
+    """U[n*p + q, k, c] = (G g Gᵀ)[p, q] for G (n, 3), filters k of part p, summed in G's dtype (float64: F(4x4)'s
+    1/6 and 1/12 are not exact in float32)."""
+    n = G.shape[0]
+    for part in prange(parts):
+        k0, k1 = part_range(weight.shape[0], parts, part)
+        cols = np.empty((n, 3), G.dtype)  # G g
+        for k in range(k0, k1):
+            for c in range(weight.shape[1]):
+                g = weight[k, c]
+                for p in range(n):
+                    for s in range(3):
+                        cols[p, s] = G[p, 0] * g[0, s] + G[p, 1] * g[1, s] + G[p, 2] * g[2, s]
+                for p in range(n):
+                    for q in range(n):
+                        U[n * p + q, k, c] = cols[p, 0] * G[q, 0] + cols[p, 1] * G[q, 1] + cols[p, 2] * G[q, 2]
+
+
 @njit(**JIT)
 def _weight_from(dU, dweight):
     K, C = dU.shape[1], dU.shape[2]
@@ -134,13 +259,14 @@ def _weight_from(dU, dweight):
                     rows[r, 0], rows[r, 1], rows[r, 2], rows[r, 3])
 
 
-def input_limit(dtype, terms, other=None):
+def input_limit(dtype, terms, other=None, tile=2):
     """The largest |input| for which Winograd's result is finite and accurate: no sum of ``terms`` products
     (with the transforms' growth) can overflow ``dtype``. ``other``: the other operand's max |value| (the
     filters), or None when both operands are inputs checked this way (the weight gradient: the bound is
-    shared as its square root). 0 when ``other`` is NaN or inf: every input then fails, as it must.
+    shared as its square root). 0 when ``other`` is NaN or inf: every input then fails, as it must. ``tile``:
+    the tile side, whose transforms' growth (``GROWTH``) takes its share of the room.
     The inputs are checked while they are packed (``ok`` of the pack kernels): one pass fewer over them."""
-    room = float(np.finfo(dtype).max) / (64 * 64 * max(terms, 1))
+    room = float(np.finfo(dtype).max) / (GROWTH[tile] * max(terms, 1))
     if other is None:
         return float(np.sqrt(room))
     return room / max(other, 1.0) if np.isfinite(other) else 0.0
@@ -190,23 +316,26 @@ def _sum4(dst, a, b, c, d, minus_b, minus_c):
 
 # --------------------------------------------------------------------------- transforms
 
-def _slots_intrinsic(width):
-    """An intrinsic ``ok = f(xs, at, lo, hi, cs, even, odd, limit)`` that splits ``2 * width`` consecutive elements
-    xs[at:at + 2*width] by parity into cs[even:even + width] and cs[odd:odd + width] (1-D C-contiguous arrays of
-    one float dtype; no bounds checks), lanes outside [lo, hi) read as 0 (padding, or the rows beside), and
-    says whether every lane kept is within ``limit`` in magnitude (NaN is not). One vector load, a select, two
-    deinterleaving shuffles and two stores, where the per-slot loop with its edge cases took ~17 ns a row."""
-    def typer(typingctx, xs, at, lo, hi, cs, even, odd, limit):
+def _slots_intrinsic(width, phases=2):
+    """An intrinsic ``ok = f(xs, at, lo, hi, cs, dst, plane, limit)`` that splits ``phases * width`` consecutive
+    elements xs[at:at + phases*width] by their index modulo ``phases`` into cs[dst + b*plane:][:width] for phase b
+    (1-D C-contiguous arrays of one float dtype; no bounds checks), lanes outside [lo, hi) read as 0 (padding, or
+    the rows beside), and says whether every lane kept is within ``limit`` in magnitude (NaN is not). One vector
+    load, a select, a deinterleaving shuffle and a store per phase, where the per-slot loop with its edge cases
+    took ~17 ns a row."""
+    lanes_count = phases * width
+
+    def typer(typingctx, xs, at, lo, hi, cs, dst, plane, limit):
         if not runtime.flat_float_arrays(xs, cs):
             return None
 
         def codegen(context, builder, signature, args):
-            xs_value, at, lo, hi, cs_value, even, odd, limit = args
+            xs_value, at, lo, hi, cs_value, dst, plane, limit = args
             element = context.get_value_type(xs.dtype)
             align = context.get_abi_sizeof(element)
-            lanes = ir.VectorType(element, 2 * width)
-            lane_type = ir.VectorType(ir.IntType(64), 2 * width)
-            index = ir.Constant(lane_type, [ir.Constant(ir.IntType(64), i) for i in range(2 * width)])
+            lanes = ir.VectorType(element, lanes_count)
+            lane_type = ir.VectorType(ir.IntType(64), lanes_count)
+            index = ir.Constant(lane_type, [ir.Constant(ir.IntType(64), i) for i in range(lanes_count)])
             inside = builder.and_(builder.icmp_signed(">=", index, runtime.splat_value(builder, lane_type, lo)),
                                   builder.icmp_signed("<", index, runtime.splat_value(builder, lane_type, hi)))
             v = builder.load(runtime.vector_at(context, builder, xs, xs_value, at, lanes), align=align)
@@ -214,103 +343,110 @@ def _slots_intrinsic(width):
             bound = runtime.splat_value(builder, lanes, context.cast(builder, limit, signature.args[7], xs.dtype))
             within = builder.and_(builder.fcmp_ordered("<=", v, bound),
                                   builder.fcmp_ordered(">=", v, builder.fneg(bound)))
-            ok = builder.icmp_unsigned("==", builder.bitcast(within, ir.IntType(2 * width)),
-                                       ir.Constant(ir.IntType(2 * width), (1 << 2 * width) - 1))
-            for parity, offset in ((0, even), (1, odd)):
-                half = builder.shuffle_vector(v, v, runtime.lane_indices(range(parity, 2 * width, 2)))
-                builder.store(half, runtime.vector_at(context, builder, cs, cs_value, offset, half.type), align=align)
+            ok = builder.icmp_unsigned("==", builder.bitcast(within, ir.IntType(lanes_count)),
+                                       ir.Constant(ir.IntType(lanes_count), (1 << lanes_count) - 1))
+            offset = dst
+            for phase in range(phases):
+                part = builder.shuffle_vector(v, v, runtime.lane_indices(range(phase, lanes_count, phases)))
+                builder.store(part, runtime.vector_at(context, builder, cs, cs_value, offset, part.type), align=align)
+                offset = builder.add(offset, plane)
             return ok
-        return types.boolean(xs, at, lo, hi, cs, even, odd, limit), codegen
-    typer.__name__ = f"_slots_{width}"
+        return types.boolean(xs, at, lo, hi, cs, dst, plane, limit), codegen
+    typer.__name__ = f"_slots_{width}x{phases}"
     return intrinsic(typer)
 
 
 _slots_8, _slots_4 = _slots_intrinsic(8), _slots_intrinsic(4)
+_slots_8x4, _slots_4x4 = _slots_intrinsic(8, 4), _slots_intrinsic(4, 4)
 
 
 @njit(inline="always")
-def _pack_row_vectors(xs, src, first, W, cs, even, odd, slot, width, limit):
-    """One input row (xs[src:src + 2*slot], its first element at column ``first``) into its even and odd canvas
-    rows by ``_slots_8`` or ``_slots_4`` (``width``), the last vector overlapping the one before; whether every
-    element is within ``limit``. The caller checks that xs[src:src + 2*slot] lies inside xs."""
+def _pack_row_vectors(xs, src, first, W, cs, dst, plane, slot, width, tile, limit):
+    """One input row (xs[src:src + tile*slot], its first element at column ``first``) into its ``tile`` canvas rows
+    (one per column phase, ``plane`` apart from cs[dst]) by ``_slots_*`` intrinsics of ``width`` (8 or 4) slots,
+    the last vector overlapping the one before; whether every element is within ``limit``. The caller checks
+    that xs[src:src + tile*slot] lies inside xs."""
     ok = True
     last = slot - width
     for j in range(0, last + width, width):
         j = min(j, last)
-        lo, hi = -first - 2 * j, W - first - 2 * j  # the lanes inside the row
-        if width == 8:
-            ok &= _slots_8(xs, src + 2 * j, lo, hi, cs, even + j, odd + j, limit)
+        lo, hi = -first - tile * j, W - first - tile * j  # the lanes inside the row
+        if tile == 4:
+            if width == 8:
+                ok &= _slots_8x4(xs, src + 4 * j, lo, hi, cs, dst + j, plane, limit)
+            else:
+                ok &= _slots_4x4(xs, src + 4 * j, lo, hi, cs, dst + j, plane, limit)
+        elif width == 8:
+            ok &= _slots_8(xs, src + 2 * j, lo, hi, cs, dst + j, plane, limit)
         else:
-            ok &= _slots_4(xs, src + 2 * j, lo, hi, cs, even + j, odd + j, limit)
+            ok &= _slots_4(xs, src + 2 * j, lo, hi, cs, dst + j, plane, limit)
     return ok
 
 
-@njit(**JIT)
-def _pack_input(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
-    """canvas[c, 2a + b, r*L + n*(nt+1) + j] = x[n0 + n, c, 2(th0 + r) + a - top, 2(tw0 + j) + b - left],
-    0 outside x, for canvas rows r in [0, th1 - th0] and j in [0, nt] (nt = tw1 - tw0): the block's patches
-    split by row and column parity. canvas: (C, 4, (rows + 1) * L + 1).
+def _pack_input_kernel(tile):
+    """``pack(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit)`` for tiles of side ``tile``, a
+    compile-time constant (with a run-time one, the divisions by it per row took 70% more time)."""
 
-    Each input row is read once. Flat arrays and unsigned offsets: with signed indices Numba's
-    negative-index wraparound kept these loops scalar (2-3x slower), and a view per short row
-    cost more than its copy; so did the edges as a helper function. Returns whether every input
-    copied is within ``limit`` in magnitude (NaN is not).
-    """
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    nt, rows = tw1 - tw0, th1 - th0
-    slot = nt + 1
-    L = (n1 - n0) * slot
-    plane = canvas.shape[2]
-    first = 2 * tw0 - left
-    lo, hi = valid_output_range(0, -first, 2, W - 1, slot)  # slots whose two columns are both inside x
-    xs, cs = x.reshape(-1), canvas.reshape(-1)
-    zero = cs.dtype.type(0)
-    ok = True
-    h_lo, h_hi = max(0, 2 * th0 - top), min(H, 2 * th1 + 2 - top)
-    for n in range(n1 - n0):  # x's order: with the channel loop outside, each plane began a new stream
+    @njit(**JIT)
+    def pack(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
+        """canvas[c, tile*a + b, r*L + n*(nt+1) + j] = x[n0 + n, c, tile*(th0 + r) + a - top,
+        tile*(tw0 + j) + b - left], 0 outside x, for canvas rows r in [0, th1 - th0] and j in [0, nt]
+        (nt = tw1 - tw0): the block's patches split by the row and column modulo ``tile`` (2: parity).
+        canvas: (C, tile², (rows + 1) * L + 1).
+
+        Each input row is read once. Flat arrays and unsigned offsets: with signed indices Numba's
+        negative-index wraparound kept these loops scalar (2-3x slower), and a view per short row
+        cost more than its copy; so did the edges as a helper function. Returns whether every input
+        copied is within ``limit`` in magnitude (NaN is not).
+        """
+        C, H, W = x.shape[1], x.shape[2], x.shape[3]
+        nt, rows = tw1 - tw0, th1 - th0
+        slot = nt + 1
+        L = (n1 - n0) * slot
+        plane = canvas.shape[2]
+        phases = tile * tile
+        first = tile * tw0 - left
+        lo, hi = valid_output_range(0, -first, tile, W - (tile - 1), slot)  # slots whose columns are all inside x
+        xs, cs = x.reshape(-1), canvas.reshape(-1)
+        zero = cs.dtype.type(0)
+        ok = True
+        h_lo, h_hi = max(0, tile * th0 - top), min(H, tile * th1 + 2 - top)  # the rows the patches read
+        for n in range(n1 - n0):  # x's order: with the channel loop outside, each plane began a new stream
+            for c in range(C):
+                base = c * phases * plane
+                for h in range(h_lo, h_hi):
+                    ph = h + top - tile * th0  # canvas row ph // tile of row phase ph % tile
+                    dst = base + tile * (ph % tile) * plane + (ph // tile) * L + n * slot
+                    src = (((n0 + n) * C + c) * H + h) * W + first
+                    if slot >= 4 and src >= 0 and src + tile * slot <= xs.size:  # vectors may read the rows beside
+                        ok &= _pack_row_vectors(xs, src, first, W, cs, dst, plane, slot, 8 if slot >= 8 else 4, tile,
+                                                limit)
+                        continue
+                    for j in range(slot):
+                        inside = lo <= j < hi  # all the slot's columns inside x: no checks
+                        for b in range(tile):
+                            w = first + tile * j + b
+                            v = xs[_u(src + tile * j + b)] if inside or 0 <= w < W else zero
+                            ok &= abs(v) <= limit
+                            cs[_u(dst + b * plane + j)] = v
         for c in range(C):
-            base = c * 4 * plane
-            for h in range(h_lo, h_hi):
-                ph = h + top - 2 * th0  # canvas row (ph >> 1) of parity (ph & 1)
-                even = base + 2 * (ph & 1) * plane + (ph >> 1) * L + n * slot
-                odd = even + plane
-                src = (((n0 + n) * C + c) * H + h) * W + first
-                if slot >= 4 and src >= 0 and src + 2 * slot <= xs.size:  # vectors may read the rows beside
-                    ok &= _pack_row_vectors(xs, src, first, W, cs, even, odd, slot, 8 if slot >= 8 else 4, limit)
+            base = c * phases * plane
+            for ph in range(tile * (rows + 1)):  # canvas rows no input row filled: padding, or unread past the patches
+                h = tile * th0 + ph - top
+                if h_lo <= h < h_hi:
                     continue
-                for j in range(lo):  # the left edge: padding, or a column whose neighbour is padding
-                    w = first + 2 * j
-                    e = xs[_u(src + 2 * j)] if 0 <= w < W else zero
-                    o = xs[_u(src + 2 * j + 1)] if 0 <= w + 1 < W else zero
-                    ok &= (abs(e) <= limit) & (abs(o) <= limit)
-                    cs[_u(even + j)] = e
-                    cs[_u(odd + j)] = o
-                for j in range(lo, hi):
-                    e, o = xs[_u(src + 2 * j)], xs[_u(src + 2 * j + 1)]
-                    ok &= (abs(e) <= limit) & (abs(o) <= limit)
-                    cs[_u(even + j)] = e
-                    cs[_u(odd + j)] = o
-                for j in range(hi, slot):  # the right edge
-                    w = first + 2 * j
-                    e = xs[_u(src + 2 * j)] if 0 <= w < W else zero
-                    o = xs[_u(src + 2 * j + 1)] if 0 <= w + 1 < W else zero
-                    ok &= (abs(e) <= limit) & (abs(o) <= limit)
-                    cs[_u(even + j)] = e
-                    cs[_u(odd + j)] = o
-    for c in range(C):
-        base = c * 4 * plane
-        for ph in range(2 * (rows + 1)):  # canvas rows over the padding above or below x
-            h = 2 * th0 + ph - top
-            if 0 <= h < H:
-                continue
-            for n in range(n1 - n0):
-                even = base + 2 * (ph & 1) * plane + (ph >> 1) * L + n * slot
-                for j in range(slot):
-                    cs[_u(even + j)] = zero
-                    cs[_u(even + plane + j)] = zero
-        for p in range(4):
-            cs[_u(base + p * plane + (rows + 1) * L)] = zero  # read only by the block's last spare tile
-    return ok
+                for n in range(n1 - n0):
+                    dst = base + tile * (ph % tile) * plane + (ph // tile) * L + n * slot
+                    for b in range(tile):
+                        for j in range(slot):
+                            cs[_u(dst + b * plane + j)] = zero
+            for p in range(phases):
+                cs[_u(base + p * plane + (rows + 1) * L)] = zero  # read only by the block's last spare tile
+        return ok
+    return pack
+
+
+_pack_input_2, _pack_input_4 = _pack_input_kernel(2), _pack_input_kernel(4)
 
 
 @njit(**JIT)
@@ -337,16 +473,76 @@ def _input_transform(planes, V, column, L, T, C):
                   sign_j < 0, sign_i < 0)
 
 
-def _tile_outputs(b, m):
-    """IR: ``(top-left, top-right, bottom-left, bottom-right)`` = Aᵀ m A of tiles whose 16 elements ``m``
-    (row-major, 4x4) are vectors, built by ``b``. A = [[1, 0], [1, 1], [1, -1], [0, -1]]: Aᵀ over the
-    columns of m, then over the rows."""
-    s = []
-    for i in range(4):
-        s.append(b.fadd(b.fadd(m[4 * i], m[4 * i + 1]), m[4 * i + 2]))
-        s.append(b.fsub(b.fsub(m[4 * i + 1], m[4 * i + 2]), m[4 * i + 3]))
-    return (b.fadd(b.fadd(s[0], s[2]), s[4]), b.fadd(b.fadd(s[1], s[3]), s[5]),
-            b.fsub(b.fsub(s[2], s[4]), s[6]), b.fsub(b.fsub(s[3], s[5]), s[7]))
+@njit(inline="always")
+def _axpy4(dst, at, src, s0, s1, s2, s3, c0, c1, c2, c3, count):
+    """dst[at:at + count] = c0 src[s0:] + c1 src[s1:] + c2 src[s2:] + c3 src[s3:] (flat arrays, unsigned offsets:
+    a loop of views cost ~25 ns in slicing, as much as the loop itself over 80 elements). A coefficient 0 adds
+    nothing: the inputs are finite."""
+    for g in range(count):
+        dst[_u(at + g)] = (c0 * src[_u(s0 + g)] + c1 * src[_u(s1 + g)] + c2 * src[_u(s2 + g)]
+                           + c3 * src[_u(s3 + g)])
+
+
+@njit(**JIT)
+def _input_transform_by_rows(canvas, rows, V, L, T, index, coefficient):
+    """V[n*p + q, c*T + g] = (Bᵀ d B)[p, q] of tile g's patch d (n x n, n = tile + 2) in channel c of
+    ``_pack_input``'s canvas (C, tile², plane), Bᵀ given by its rows' four terms (``_terms``).
+
+    Two passes per channel, each a loop per output plane over the whole block: rows[n*i + q] = (d B)[i, q]
+    for the patch rows i < tile, then V[p, q] = Σ_i Bᵀ[p, i] rows[i, q]; patch rows i >= tile are rows
+    i - tile of the tile below (+L), so the first pass covers T + L tiles for them and the second reads them
+    shifted. rows: (tile * n, >= T + L) scratch; V: (n², >= C*T), C-contiguous.
+    """
+    n = index.shape[0]
+    tile = n - 2
+    C, plane = canvas.shape[0], canvas.shape[2]
+    cs, rs, vs = canvas.reshape(-1), rows.reshape(-1), V.reshape(-1)
+    row_plane, v_plane = rows.shape[1], V.shape[1]
+    for c in range(C):
+        base = c * tile * tile * plane
+        for i in range(tile):
+            span = T + L if i < n - tile else T
+            for q in range(n):
+                # d[i][j] of every tile: plane (i, j % tile) from offset j // tile
+                j0, j1, j2, j3 = index[q, 0], index[q, 1], index[q, 2], index[q, 3]
+                _axpy4(rs, (n * i + q) * row_plane, cs,
+                       base + (tile * i + j0 % tile) * plane + j0 // tile,
+                       base + (tile * i + j1 % tile) * plane + j1 // tile,
+                       base + (tile * i + j2 % tile) * plane + j2 // tile,
+                       base + (tile * i + j3 % tile) * plane + j3 // tile,
+                       coefficient[q, 0], coefficient[q, 1], coefficient[q, 2], coefficient[q, 3], span)
+        for p in range(n):
+            i0, i1, i2, i3 = index[p, 0], index[p, 1], index[p, 2], index[p, 3]
+            for q in range(n):
+                _axpy4(vs, (n * p + q) * v_plane + c * T, rs,
+                       (n * (i0 % tile) + q) * row_plane + (i0 // tile) * L,
+                       (n * (i1 % tile) + q) * row_plane + (i1 // tile) * L,
+                       (n * (i2 % tile) + q) * row_plane + (i2 // tile) * L,
+                       (n * (i3 % tile) + q) * row_plane + (i3 // tile) * L,
+                       coefficient[p, 0], coefficient[p, 1], coefficient[p, 2], coefficient[p, 3], T)
+
+
+def _weighted_sum(b, terms):
+    """IR: Σ c·v over the (coefficient, vector) ``terms``, adds and subtracts for ±1, nothing for 0."""
+    total = None
+    for c, v in terms:
+        if c == 0:
+            continue
+        if c not in (1, -1):
+            v = b.fmul(v, runtime.splat(v.type, float(c)))
+        if total is None:
+            total = b.fneg(v) if c == -1 else v
+        else:
+            total = b.fsub(total, v) if c == -1 else b.fadd(total, v)
+    return total
+
+
+def _tile_outputs(b, m, AT):
+    """IR: rows[a][c] = (Aᵀ m A)[a, c] of tiles whose n x n elements ``m`` (row-major) are vectors, built by
+    ``b``: Aᵀ over the columns of m, then over the rows. F(2x2): A = [[1, 0], [1, 1], [1, -1], [0, -1]]."""
+    tile, n = AT.shape
+    s = [[_weighted_sum(b, zip(AT[c], m[n * i:n * i + n])) for c in range(tile)] for i in range(n)]
+    return [[_weighted_sum(b, zip(AT[a], (s[i][c] for i in range(n)))) for c in range(tile)] for a in range(tile)]
 
 
 def _activate(b, v, bias, zero, relu):
@@ -355,99 +551,134 @@ def _activate(b, v, bias, zero, relu):
     return b.select(b.fcmp_ordered("<=", v, zero), zero, v) if relu else v
 
 
-def _tiles_intrinsic(width, relu, columns=2):
-    """An intrinsic ``f(y, top, bottom, both, M, plane, g, bias)`` that writes ``width`` adjacent 2x2 output
-    tiles: relu?(Aᵀ m A + bias) of tiles g..g+width of the 16 planes of M (flat, ``plane`` elements apart), to
-    y[top:top + 2*width] and, if ``both``, y[bottom:bottom + 2*width] (1-D C-contiguous arrays of one float
-    dtype; no bounds checks). One pass from M to y: 16 vector loads, the sums, two interleaving shuffles.
-    ``columns=1`` (width 1): the tile's left column only, for a tile whose right one is past y's edge."""
-    def typer(typingctx, y, top, bottom, both, M, plane, g, bias):
+def _tiles_intrinsic(width, relu, AT, columns=None):
+    """An intrinsic ``f(y, top, stride, rows, M, plane, g, bias)`` that writes ``width`` adjacent output tiles of
+    side ``tile`` (Aᵀ: (tile, n)): relu?(Aᵀ m A + bias) of tiles g..g+width of the n² planes of M (flat,
+    ``plane`` elements apart), row a of them to y[top + a*stride:][:tile*width] for a < ``rows`` (1-D C-contiguous
+    arrays of one float dtype; no bounds checks). One pass from M to y: n² vector loads, the sums, interleaving
+    shuffles. ``columns`` < tile (width 1): the tile's first columns only, for a tile past y's right edge."""
+    tile, n = AT.shape
+    columns = columns or tile
+
+    def typer(typingctx, y, top, stride, rows, M, plane, g, bias):
         if not runtime.flat_float_arrays(y, M):
             return None
 
         def codegen(context, builder, signature, args):
-            y_value, top, bottom, both, M_value, plane, g, bias = args
+            y_value, top, stride, rows, M_value, plane, g, bias = args
             element = context.get_value_type(y.dtype)
             align = context.get_abi_sizeof(element)
             vector = ir.VectorType(element, width)
             bias = context.cast(builder, bias, signature.args[7], y.dtype)
             bias_lanes = runtime.splat_value(builder, vector, bias)
             m = [builder.load(runtime.vector_at(context, builder, M, M_value,
-                                                builder.add(g, builder.mul(plane, ir.Constant(plane.type, xi))), vector),
-                              align=align) for xi in range(16)]
+                                                builder.add(g, builder.mul(plane, ir.Constant(plane.type, xi))),
+                                                vector), align=align) for xi in range(n * n)]
             zero = runtime.splat(vector, 0.0)
-            tl, tr, bl, br = (_activate(builder, v, bias_lanes, zero, relu) for v in _tile_outputs(builder, m))
-            if columns == 2:
-                top_row, bottom_row = runtime.interleave(builder, tl, tr), runtime.interleave(builder, bl, br)
-            else:
-                top_row, bottom_row = tl, bl
-            builder.store(top_row, runtime.vector_at(context, builder, y, y_value, top, top_row.type), align=align)
-            with builder.if_then(context.cast(builder, both, signature.args[3], types.boolean)):
-                builder.store(bottom_row, runtime.vector_at(context, builder, y, y_value, bottom, bottom_row.type),
-                              align=align)
+            out = [[_activate(builder, v, bias_lanes, zero, relu) for v in row]
+                   for row in _tile_outputs(builder, m, AT)]
+
+            def store(at, c, v):  # v to y[at + c:]
+                at = builder.add(at, ir.Constant(at.type, c))
+                builder.store(v, runtime.vector_at(context, builder, y, y_value, at, v.type), align=align)
+
+            at = top
+            for a in range(tile):
+                if columns == tile:  # interleave the columns: lane k of column c to lane tile*k + c
+                    parts = out[a]
+                    while len(parts) > 1:
+                        half = len(parts) // 2
+                        parts = [runtime.interleave(builder, parts[c], parts[c + half]) for c in range(half)]
+                    stores = [(0, parts[0])]
+                else:
+                    stores = [(c, out[a][c]) for c in range(columns)]
+                if a == 0:
+                    for c, v in stores:
+                        store(at, c, v)
+                else:
+                    at = builder.add(at, stride)
+                    with builder.if_then(builder.icmp_signed(">", rows, ir.Constant(rows.type, a))):
+                        for c, v in stores:
+                            store(at, c, v)
             return context.get_dummy_value()
-        return types.void(y, top, bottom, both, M, plane, g, bias), codegen
-    typer.__name__ = f"_tiles_{width}x{columns}{'_relu' if relu else ''}"
+        return types.void(y, top, stride, rows, M, plane, g, bias), codegen
+    typer.__name__ = f"_tiles_{tile}_{width}x{columns}{'_relu' if relu else ''}"
     return intrinsic(typer)
 
 
-def _tiles_row(relu):
-    """``row(y, top, bottom, both, M, plane, g, bias, count, ragged)``: ``count`` adjacent full tiles by
-    intrinsics of 16, 8 or 4 tiles (a row's last vector overlaps the one before and rewrites equal values),
-    rows of under 4 a tile at a time; then, if ``ragged``, one more tile whose right column is past y's edge,
-    its left column only."""
-    by16, by8, by4, by1 = (_tiles_intrinsic(width, relu) for width in (16, 8, 4, 1))
-    left_column = _tiles_intrinsic(1, relu, columns=1)
+def _tiles_row(relu, AT):
+    """``row(y, top, stride, rows, M, plane, g, bias, count, ragged)``: ``count`` adjacent full tiles by
+    intrinsics of 16 (tile 2 only), 8 or 4 tiles (a row's last vector overlaps the one before and rewrites equal
+    values), rows of under 4 a tile at a time; then ``ragged`` (0 to tile - 1) columns of one more tile, the
+    rest of it past y's edge."""
+    tile = AT.shape[0]
+    by16, by8, by4, by1 = (_tiles_intrinsic(width, relu, AT) for width in (16 if tile == 2 else 8, 8, 4, 1))
+    # F(4x4)'s 36 planes of 16 lanes spilled registers: 8 tiles at most
+    edge = [_tiles_intrinsic(1, relu, AT, c) for c in range(1, tile)]
+    edge1, edge2, edge3 = (edge + [edge[0]] * 2)[:3]
 
     @njit(inline="always")
-    def row(y, top, bottom, both, M, plane, g, bias, count, ragged):
-        if count >= 16:
+    def row(y, top, stride, rows, M, plane, g, bias, count, ragged):
+        if count >= 16 and tile == 2:
             last = count - 16
             for j in range(0, last, 16):
-                by16(y, top + 2 * j, bottom + 2 * j, both, M, plane, g + j, bias)
-            by16(y, top + 2 * last, bottom + 2 * last, both, M, plane, g + last, bias)
+                by16(y, top + tile * j, stride, rows, M, plane, g + j, bias)
+            by16(y, top + tile * last, stride, rows, M, plane, g + last, bias)
         elif count >= 8:
-            by8(y, top, bottom, both, M, plane, g, bias)
-            by8(y, top + 2 * (count - 8), bottom + 2 * (count - 8), both, M, plane, g + count - 8, bias)
+            last = count - 8
+            for j in range(0, last, 8):
+                by8(y, top + tile * j, stride, rows, M, plane, g + j, bias)
+            by8(y, top + tile * last, stride, rows, M, plane, g + last, bias)
         elif count >= 4:
-            by4(y, top, bottom, both, M, plane, g, bias)
-            by4(y, top + 2 * (count - 4), bottom + 2 * (count - 4), both, M, plane, g + count - 4, bias)
+            by4(y, top, stride, rows, M, plane, g, bias)
+            by4(y, top + tile * (count - 4), stride, rows, M, plane, g + count - 4, bias)
         else:
             for j in range(count):
-                by1(y, top + 2 * j, bottom + 2 * j, both, M, plane, g + j, bias)
-        if ragged:
-            left_column(y, top + 2 * count, bottom + 2 * count, both, M, plane, g + count, bias)
+                by1(y, top + tile * j, stride, rows, M, plane, g + j, bias)
+        at = top + tile * count
+        if ragged == 1:
+            edge1(y, at, stride, rows, M, plane, g + count, bias)
+        elif ragged == 2:
+            edge2(y, at, stride, rows, M, plane, g + count, bias)
+        elif ragged == 3:
+            edge3(y, at, stride, rows, M, plane, g + count, bias)
     return row
 
 
-_tiles_row_plain, _tiles_row_relu = _tiles_row(False), _tiles_row(True)
+_tiles_row_2, _tiles_row_2_relu = _tiles_row(False, F2_AT), _tiles_row(True, F2_AT)
+_tiles_row_4, _tiles_row_4_relu = _tiles_row(False, F4_AT), _tiles_row(True, F4_AT)
 
 
 @njit(**JIT)
-def _output_tiles(M, plane, y, bias, use_bias, relu, n0, n1, th0, th1, tw0, tw1):
-    """y's outputs of the block = relu?(Aᵀ m A + bias) of its tiles, m from M's 16 planes (flat, ``plane``
-    elements apart; tile g of filter k at k*T + g, g = r*L + n*(nt + 1) + j), straight into y."""
+def _output_tiles(M, plane, y, bias, use_bias, relu, tile, n0, n1, th0, th1, tw0, tw1):
+    """y's outputs of the block = relu?(Aᵀ m A + bias) of its tiles (side ``tile``), m from M's n² planes (flat,
+    ``plane`` elements apart; tile g of filter k at k*T + g, g = r*L + n*(nt + 1) + j), straight into y."""
     K, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     nt, rows = tw1 - tw0, th1 - th0
     slot = nt + 1
     L = (n1 - n0) * slot
     T = rows * L
-    full = min(nt, (OW - 2 * tw0) // 2)  # tiles whose two columns are inside y
-    ragged = full < nt
+    full = min(nt, (OW - tile * tw0) // tile)  # tiles whose columns are all inside y
+    ragged = OW - tile * (tw0 + full) if full < nt else 0  # columns of the next tile inside y
     ys = y.reshape(-1)
     zero = y.dtype.type(0)
-    for k in range(K):  # M's order: its 16 streams read front to back
+    for k in range(K):  # M's order: its streams read front to back
         b = bias[k] if use_bias else zero
         for r in range(rows):
-            oh = 2 * (th0 + r)
-            both = oh + 1 < OH
+            oh = tile * (th0 + r)
+            inside = min(tile, OH - oh)  # the tile rows inside y
             for n in range(n1 - n0):
-                top = (((n0 + n) * K + k) * OH + oh) * OW + 2 * tw0
+                top = (((n0 + n) * K + k) * OH + oh) * OW + tile * tw0
                 g = k * T + r * L + n * slot
-                if relu:
-                    _tiles_row_relu(ys, top, top + OW, both, M, plane, g, b, full, ragged)
+                if tile == 4:
+                    if relu:
+                        _tiles_row_4_relu(ys, top, OW, inside, M, plane, g, b, full, ragged)
+                    else:
+                        _tiles_row_4(ys, top, OW, inside, M, plane, g, b, full, ragged)
+                elif relu:
+                    _tiles_row_2_relu(ys, top, OW, inside, M, plane, g, b, full, ragged)
                 else:
-                    _tiles_row_plain(ys, top, top + OW, both, M, plane, g, b, full, ragged)
+                    _tiles_row_2(ys, top, OW, inside, M, plane, g, b, full, ragged)
 
 
 @njit(**JIT)
@@ -485,8 +716,8 @@ def _pack_gradient(dy, canvas, n0, n1, th0, th1, tw0, tw1, limit):
                     # short rows in vectors (m2's 8 slots: 0.62 -> 0.44 ms a part); LLVM vectorizes long ones
                     # better itself (32 wide: 2.1 ms, 2.5 in vectors); columns past the block's tiles read as 0
                     if 4 <= slot <= 16 and src + 2 * slot <= dys.size:
-                        ok &= _pack_row_vectors(dys, src, first, min(OW, 2 * tw1), cs, even, odd, slot,
-                                                8 if slot >= 8 else 4, limit)
+                        ok &= _pack_row_vectors(dys, src, first, min(OW, 2 * tw1), cs, even, plane, slot,
+                                                8 if slot >= 8 else 4, 2, limit)
                         continue
                     for j in range(hi):
                         e, o = dys[_u(src + 2 * j)], dys[_u(src + 2 * j + 1)]
@@ -590,26 +821,37 @@ def _layout(block):
 
 
 @njit(**JIT)
-def _correlate_blocks(x, U, bias, use_bias, relu, y, top, left, blocks, buf, limit):
-    """The forward pass over ``blocks`` ((count, 6): n0, n1, th0, th1, tw0, tw1), in scratch ``buf``;
-    False as soon as an input is past ``limit`` (or NaN): the caller then redoes the pass by im2col."""
+def _correlate_blocks(x, U, bias, use_bias, relu, y, top, left, blocks, buf, limit, index, coefficient):
+    """The forward pass over ``blocks`` ((count, 6): n0, n1, th0, th1, tw0, tw1) with tiles of side ``tile``
+    (U: (n², K, C), n = tile + 2; Bᵀ's terms ``index``, ``coefficient`` for tile 4), in scratch ``buf``; False as
+    soon as an input is past ``limit`` (or NaN): the caller then redoes the pass by im2col."""
     C, K = x.shape[1], y.shape[1]
+    xis = U.shape[0]
+    tile = 2 if xis == 16 else 4
     for i in range(blocks.shape[0]):
         block = blocks[i]
         rows, L, T = _layout(block)
         n0, n1, th0, th1, tw0, tw1 = block[0], block[1], block[2], block[3], block[4], block[5]
-        size = C * 4 * ((rows + 1) * L + 1)
-        canvas = buf[:size].reshape(C, 4, (rows + 1) * L + 1)
-        V = buf[size:size + 16 * (C * T + PLANE_PAD)].reshape(16, C * T + PLANE_PAD)
-        size += 16 * (C * T + PLANE_PAD)
-        M = buf[size:size + 16 * (K * T + PLANE_PAD)].reshape(16, K * T + PLANE_PAD)
-        if not _pack_input(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
+        plane = (rows + 1) * L + 1
+        size = C * tile * tile * plane
+        canvas = buf[:size].reshape(C, tile * tile, plane)
+        V = buf[size:size + xis * (C * T + PLANE_PAD)].reshape(xis, C * T + PLANE_PAD)
+        size += xis * (C * T + PLANE_PAD)
+        M = buf[size:size + xis * (K * T + PLANE_PAD)].reshape(xis, K * T + PLANE_PAD)
+        size += xis * (K * T + PLANE_PAD)
+        if not (_pack_input_2(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit) if tile == 2 else
+                _pack_input_4(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit)):
             return False
-        for c in range(C):
-            _input_transform(canvas[c], V, c * T, L, T, 1)
-        for xi in range(16):
+        if tile == 2:
+            for c in range(C):
+                _input_transform(canvas[c], V, c * T, L, T, 1)
+        else:
+            by_rows = buf[size:size + tile * (tile + 2) * (T + L + PLANE_PAD)].reshape(tile * (tile + 2),
+                                                                                        T + L + PLANE_PAD)
+            _input_transform_by_rows(canvas, by_rows, V, L, T, index, coefficient)
+        for xi in range(xis):
             np.dot(U[xi], V[xi, :C * T].reshape(C, T), M[xi, :K * T].reshape(K, T))
-        _output_tiles(M.reshape(-1), K * T + PLANE_PAD, y, bias, use_bias, relu, n0, n1, th0, th1, tw0, tw1)
+        _output_tiles(M.reshape(-1), K * T + PLANE_PAD, y, bias, use_bias, relu, tile, n0, n1, th0, th1, tw0, tw1)
     return True
 
 
@@ -643,12 +885,13 @@ def _weight_gradient_blocks(dy, x, top, left, blocks, buf, partial, limit):
 
 
 @njit(**PARALLEL)
-def _correlate_parts(x, U, bias, use_bias, relu, y, top, left, blocks, starts, scratch, limit, ok):
+def _correlate_parts(x, U, bias, use_bias, relu, y, top, left, blocks, starts, scratch, limit, index, coefficient,
+                     ok):
     """The forward pass, part p (an image range) running blocks[starts[p]:starts[p + 1]] in scratch[p];
     ok[p]: its inputs were all within ``limit``."""
     for part in prange(scratch.shape[0]):
         ok[part] = _correlate_blocks(x, U, bias, use_bias, relu, y, top, left,
-                                     blocks[starts[part]:starts[part + 1]], scratch[part], limit)
+                                     blocks[starts[part]:starts[part + 1]], scratch[part], limit, index, coefficient)
 
 
 @njit(**PARALLEL)
@@ -663,8 +906,8 @@ def correlate(x, U, bias, relu, top, left, out_shape, limit, workspace_bytes=Non
     """y (out_shape: N, K, OH, OW) = relu?(stride-1 3x3 correlation of x (N, C, H, W) + bias), or None when an
     input is NaN, inf or past ``limit`` (``input_limit``).
 
-    U (16, K, C) is the filter transform; (top, left) the padding before the first row and
-    column (negative: rows and columns skipped).
+    U (16 or 36, K, C) is the filter transform (``filter_transform``), whose size picks F(2x2, 3x3) or
+    F(4x4, 3x3); (top, left) the padding before the first row and column (negative: rows and columns skipped).
     """
     N, C = x.shape[:2]
     K, OH, OW = out_shape[1:]
@@ -674,12 +917,15 @@ def correlate(x, U, bias, relu, top, left, out_shape, limit, workspace_bytes=Non
     x, U = np.ascontiguousarray(x), np.ascontiguousarray(U)
     use_bias = bias is not None
     bias = np.ascontiguousarray(bias) if use_bias else np.zeros(1, x.dtype)
-    # 28 * K: M's 16 and the 12 an output transform through scratch once took; planning by 16 * K made
+    tile = tile_side(U)
+    # F(2x2): 28 * K: M's 16 and the 12 an output transform through scratch once took; planning by 16 * K made
     # larger blocks that ran no faster
-    blocks, starts, scratch = _plan(N, OH, OW, C, K, 20 * C + 28 * K, x.dtype, workspace_bytes)
+    per_c, per_k = (20, 28) if tile == 2 else F4_FLOATS_PER_TILE
+    floats_per_tile = per_c * C + per_k * K
+    blocks, starts, scratch = _plan(N, OH, OW, C, K, floats_per_tile, x.dtype, workspace_bytes, tile=tile)
     ok = np.zeros(scratch.shape[0], np.bool_)
-    runtime.launch(_correlate_parts, x, U, bias, use_bias, relu, y, top, left, blocks, starts, scratch, limit, ok,
-                   blas=True)
+    runtime.launch(_correlate_parts, x, U, bias, use_bias, relu, y, top, left, blocks, starts, scratch, limit,
+                   F4_BT_INDEX, F4_BT_COEFFICIENT.astype(x.dtype), ok, blas=True)
     return y if ok.all() else None
 
 
@@ -706,31 +952,45 @@ def weight_gradient(dy, x, top, left, limit, workspace_bytes=None):
     return total
 
 
-def _plan(N, OH, OW, C, K, floats_per_tile, dtype, workspace_bytes, cap=None):
-    """The blocks of tiles of every part (``runtime.plan_parts``), each within ``cap`` bytes (default
-    ``BLOCK_BYTES``), and a scratch row per part for its largest."""
-    blocks, starts, need = _blocks(N, OH, OW, C, floats_per_tile, np.dtype(dtype),
-                                   runtime.workspace_budget(workspace_bytes), runtime.threads(), cap or BLOCK_BYTES)
+def _plan(N, OH, OW, C, K, floats_per_tile, dtype, workspace_bytes, cap=None, tile=2):
+    """The blocks of tiles (side ``tile``) of every part (``runtime.plan_parts``), each within ``cap`` bytes
+    (default ``BLOCK_BYTES``), and a scratch row per part for its largest."""
+    blocks, starts, need = _blocks(N, OH, OW, C, K, floats_per_tile, np.dtype(dtype),
+                                   runtime.workspace_budget(workspace_bytes), runtime.threads(), cap or BLOCK_BYTES,
+                                   tile)
     parts = len(starts) - 1
     return blocks, starts, runtime.scratch(parts * need, dtype).reshape(parts, need)
 
 
 @functools.lru_cache(maxsize=64)
-def _blocks(N, OH, OW, C, floats_per_tile, dtype, budget, threads, cap):
+def _blocks(N, OH, OW, C, K, floats_per_tile, dtype, budget, threads, cap, tile=2):
     """``_plan``'s blocks, starts and scratch floats per part, kept per shape (planning took 30-40 us, a
     training step plans three passes); the kernels only read them. ``threads``: the most parts (and so part
-    of the key)."""
-    TH, TW = -(-OH // TILE), -(-OW // TILE)
+    of the key). ``floats_per_tile`` sizes the blocks; the scratch is what the largest block's arrays take:
+    its canvas (tile² planes of C channels), V and M (n² planes of C and K), the padding between planes, and
+    for tile 4 ``_input_transform_by_rows``'s rows."""
+    TH, TW = -(-OH // tile), -(-OW // tile)
+    phases, xis = tile * tile, (tile + 2) ** 2
     # twice the arrays' size per tile covers the spare tiles and the canvas's extra row, even for 1x1-tile blocks
     tile_bytes = 2 * floats_per_tile * dtype.itemsize
     # a part's scratch has a floor (its planes' padding, one tile's transforms): with many threads and a small
-    # budget the parts' floors alone passed it (16 threads, 64 KiB: 118 KiB), so fewer parts until they fit
+    # budget the parts' floors alone passed it (16 threads, 64 KiB: 118 KiB), so fewer parts until they fit;
+    # before that, smaller blocks (F(4x4)'s with (26, 24) per tile passed the budget on 8x8-16x16 images,
+    # and one part instead of two ran them 2x slower)
     for max_parts in range(threads, 0, -1):
-        blocks, starts, _ = runtime.plan_parts(N, TH, TW, tile_bytes, budget, cap, max_parts)
-        need = 0
-        for n0, n1, th0, th1, tw0, tw1 in blocks:
-            rows, L = th1 - th0, (n1 - n0) * (tw1 - tw0 + 1)
-            need = max(need, 4 * C * ((rows + 1) * L + 1) + (floats_per_tile - 4 * C) * rows * L + 32 * PLANE_PAD)
+        block_cap = cap
+        while True:
+            blocks, starts, _ = runtime.plan_parts(N, TH, TW, tile_bytes, budget, block_cap, max_parts)
+            need = 0
+            for n0, n1, th0, th1, tw0, tw1 in blocks:
+                rows, L = th1 - th0, (n1 - n0) * (tw1 - tw0 + 1)
+                block_need = phases * C * ((rows + 1) * L + 1) + xis * ((C + K) * rows * L + 2 * PLANE_PAD)
+                if tile == 4:  # _input_transform_by_rows's rows
+                    block_need += tile * (tile + 2) * ((rows + 1) * L + PLANE_PAD)
+                need = max(need, block_need)
+            if (len(starts) - 1) * need * dtype.itemsize <= budget or block_cap <= tile_bytes:
+                break
+            block_cap //= 2
         if (len(starts) - 1) * need * dtype.itemsize <= budget:
             break
     return blocks, starts, int(need)
