@@ -274,9 +274,8 @@ def choose_algorithm(conv_pass, x_shape, weight_shape, stride, dilation, out_hw,
 
     3x3 filters at stride 1 without dilation: 'direct' for the forward and weight-gradient passes
     of layers with few input channels (when an image's scratch fits the workspace), Winograd
-    when the channel counts make its GEMMs worth their transforms: 'winograd_4x4' (F(4x4, 3x3)) for the
-    forward and backward-input passes of large enough images (``winograd.forward_tile``), else
-    'winograd_2x2'; im2col + GEMM for everything else.
+    when the channel counts make its GEMMs worth their transforms: 'winograd_4x4' (F(4x4, 3x3)) for large
+    enough images (``winograd_tile``), else 'winograd_2x2'; im2col + GEMM for everything else.
     """
     C, K = x_shape[1], weight_shape[0]
     if not winograd.applies(weight_shape, stride, dilation):
@@ -291,11 +290,11 @@ def choose_algorithm(conv_pass, x_shape, weight_shape, stride, dilation, out_hw,
 
 
 def winograd_tile(conv_pass, x_shape, weight_shape, out_hw):
-    """The Winograd tile side of a pass by shape (``winograd.forward_tile``): the weight gradient's is 2;
+    """The Winograd tile side of a pass by shape (``winograd.forward_tile``, ``winograd.weight_gradient_tile``);
     backward-input is the forward pass of dy (K channels) onto x's (H, W) (C channels)."""
     C, K = x_shape[1], weight_shape[0]
     if conv_pass == "backward_weight":
-        return 2
+        return winograd.weight_gradient_tile(out_hw, C, K)
     if conv_pass == "backward_input":
         return winograd.forward_tile(x_shape[2:], K, C)
     return winograd.forward_tile(out_hw, C, K)
@@ -312,8 +311,6 @@ def _algorithm(algorithm, conv_pass, x_shape, weight_shape, stride, dilation, ou
                          f"{tuple(weight_shape)}, stride {tuple(stride)}, dilation {tuple(dilation)}")
     if algorithm == "direct" and conv_pass == "backward_input":
         raise ValueError("algorithm 'direct' has no backward-input pass; use 'im2col' or 'winograd'")
-    if algorithm == "winograd_4x4" and conv_pass == "backward_weight":
-        raise ValueError("algorithm 'winograd_4x4' has no backward-weight pass; use 'winograd' or 'winograd_2x2'")
     if algorithm == "winograd":
         tile = winograd_tile(conv_pass, x_shape, weight_shape, out_hw)
         return f"winograd_{tile}x{tile}"
@@ -378,9 +375,10 @@ def conv2d_backward_weight(dy, x, weight_shape, stride, padding, dilation, works
                         workspace_bytes)
     if chosen == "direct":
         return direct.conv2d_backward_weight(dy, x, weight_shape, padding)
-    if chosen == "winograd_2x2":
-        limit = winograd.input_limit(dy.dtype, N * dy.shape[2] * dy.shape[3])
-        dU = winograd.weight_gradient(dy, x, padding[0][0], padding[1][0], limit, workspace_bytes)
+    if chosen in WINOGRAD_TILES:
+        tile = WINOGRAD_TILES[chosen]
+        limit = winograd.input_limit(dy.dtype, N * dy.shape[2] * dy.shape[3], tile=tile)
+        dU = winograd.weight_gradient(dy, x, padding[0][0], padding[1][0], limit, workspace_bytes, tile)
         if dU is not None:
             return winograd.weight_from(dU)
     return _im2col_backward_weight(dy, x, weight_shape, stride, padding, dilation, workspace_bytes)

@@ -30,14 +30,15 @@ of its rows and columns (``_pack_input``, a row at a time in vectors of 8 or 4 s
 straight from the GEMMs' products into y, a row of tiles at a time in explicit vectors of
 4-16 tiles (``_tiles_intrinsic``): as whole-block loops it took two scratch passes more.
 
-F(4x4, 3x3) (the forward and backward-input passes of images from 20x20, ``forward_tile``) takes 6x6 patches
+F(4x4, 3x3) (the forward and backward-input passes of images from 20x20, ``forward_tile``; the weight gradient
+from 32x32, ``weight_gradient_tile``) takes 6x6 patches
 to 4x4 tiles: 36 GEMMs, 2.25 multiplications per output where F(2x2) has 4; on the AMD host 1.2-1.5x less
 time on the suite's larger images (neu_conv3, cifar_conv). Its matrices come from ``toom_cook`` (points 0,
 ±1, ±1/2): Bᵀ's rows hold up to four integers up to 8, so the input transform is two passes of four-term loops
 (``_input_transform_by_rows``); the canvas splits rows and columns modulo 4 (16 planes); the output
-transform is the same intrinsic as F(2x2)'s, built from Aᵀ. Its float32 error is about 10x F(2x2)'s
-(~1.5e-6 of the largest output against 1.5e-7 over 64 channels), still within the tests' 2e-5. The weight
-gradient stays F(2x2).
+transform is the same intrinsic as F(2x2)'s, built from Aᵀ; the weight gradient transforms dy's 4x4 tiles
+by A the same way (``_gradient_transform_by_rows``). Its float32 error is about 10x F(2x2)'s (~1.5e-6 of the
+largest output against 1.5e-7 over 64 channels), still within the tests' 2e-5.
 
 Not for non-finite or huge inputs: Winograd mixes all 16 inputs of a patch into all 4
 outputs of its tile, so an inf would turn neighbouring outputs into NaN. The pack kernels
@@ -67,6 +68,7 @@ F2_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
 # (1.6e-6 against 2.8e-6 of the largest output over 64 channels; F(2x2) 1.5e-7); see ``toom_cook``
 F4_POINTS = (0, 1, -1, Fraction(1, 2), Fraction(-1, 2))
 F4_MIN_SIDE, F4_MIN_CHANNELS = 20, 16  # where F(4x4) starts to serve the forward pass (``forward_tile``)
+F4_GRADIENT_MIN_SIDE = 32  # and the weight gradient (``weight_gradient_tile``)
 # Growth of a value through the transforms, bounding ``input_limit``: F(2x2): |Bᵀ|, |G|, |Aᵀ| row sums 2, 1.5, 3
 # squared (81 in all); F(4x4): 24, 1, 5 squared (14400)
 GROWTH = {2: 64 * 64, 4: 128 * 128}
@@ -74,6 +76,9 @@ GROWTH = {2: 64 * 64, 4: 128 * 128}
 # take, so blocks twice as large as (52, 48) would make; those ran 10-15% slower on neu_conv2, neu_conv3 and
 # resnet (AMD host); planning by (18, 16) passed the 8 MiB workspace with two parts
 F4_FLOATS_PER_TILE = (26, 24)
+# the weight gradient's: (76, 76) counts its arrays (canvas, Vt and rows, 16 + 36 + 24 per C; P, Q and D per K);
+# blocks three times as large ran 10-25% faster on cifar_conv, neu_conv2-3 and resnet_conv, larger ones no faster
+F4_GRADIENT_FLOATS_PER_TILE = (26, 26)
 BLOCK_BYTES = 4 << 20  # scratch per block of tiles (planned at twice the need): larger blocks ran slower GEMMs
 # the weight gradient's blocks: on the Intel host (2 MiB L2) 2 MiB ran 5-20% faster than 4 on all five
 # Winograd shapes of the suite (mnist_conv2 3.95 -> 3.42 ms, neu_conv3 22.4 -> 18.2); forward and
@@ -93,6 +98,15 @@ def forward_tile(out_hw, in_channels, out_channels):
     0.86, 24-28 0.75; 64 -> 64 at 8x8 1.02, 32x32 0.65; neu_conv3 (50x50, 64 -> 128) 0.80; 16 -> 16 at
     28x28 0.92, 8 -> 8 at 56x56 1.06."""
     return 4 if min(out_hw) >= F4_MIN_SIDE and min(in_channels, out_channels) >= F4_MIN_CHANNELS else 2
+
+
+def weight_gradient_tile(out_hw, in_channels, out_channels):
+    """The weight gradient's tile side for outputs of ``out_hw``: 4 from ``F4_GRADIENT_MIN_SIDE`` outputs a side
+    and ``F4_MIN_CHANNELS`` channels in and out, else 2.
+
+    Measured on the AMD host, F(4x4) / F(2x2) time: 32 -> 64 channels at batch 128: 14x14 1.47, 20x20 1.23,
+    28x28 0.96; cifar_conv (32x32) 0.79-0.81, neu_conv2 0.88-0.89, neu_conv3 0.88-0.89, resnet_conv 0.77."""
+    return 4 if min(out_hw) >= F4_GRADIENT_MIN_SIDE and min(in_channels, out_channels) >= F4_MIN_CHANNELS else 2
 
 
 def applies(weight_shape, stride, dilation):
@@ -158,6 +172,7 @@ def _terms(BT):
 
 
 F4_BT_INDEX, F4_BT_COEFFICIENT = _terms(F4_BT)
+F4_A_INDEX, F4_A_COEFFICIENT = _terms(F4_AT.T)  # A (6 x 4): the weight gradient's transform of dy's tiles
 
 
 def tile_side(U):
@@ -186,10 +201,13 @@ def rotated_filters(weight):
 
 
 def weight_from(dU):
-    """dweight (K, C, 3, 3) = Gᵀ dU G from dU (16, K, C)."""
+    """dweight (K, C, 3, 3) = Gᵀ dU G from dU (16 or 36, K, C)."""
     K, C = dU.shape[1:]
     dweight = np.empty((K, C, 3, 3), dU.dtype)
-    _weight_from(dU, dweight)
+    if dU.shape[0] == 16:
+        _weight_from(dU, dweight)
+    else:
+        _weight_from_by_matrix(dU, dweight, F4_G)
     return dweight
 
 
@@ -243,6 +261,27 @@ def _filter_transform_by_matrix(weight, U, G, parts):
                 for p in range(n):
                     for q in range(n):
                         U[n * p + q, k, c] = cols[p, 0] * G[q, 0] + cols[p, 1] * G[q, 1] + cols[p, 2] * G[q, 2]
+
+
+@njit(**JIT)
+def _weight_from_by_matrix(dU, dweight, G):
+    """dweight[k, c] = Gᵀ dU[:, k, c] G, dU's planes as an n x n matrix (G: (n, 3)), summed in G's dtype."""
+    n = G.shape[0]
+    rows = np.empty((3, n), G.dtype)  # Gᵀ dU
+    for k in range(dU.shape[1]):
+        for c in range(dU.shape[2]):
+            for r in range(3):
+                for q in range(n):
+                    total = 0.0
+                    for p in range(n):
+                        total += G[p, r] * dU[n * p + q, k, c]
+                    rows[r, q] = total
+            for r in range(3):
+                for s in range(3):
+                    total = 0.0
+                    for q in range(n):
+                        total += rows[r, q] * G[q, s]
+                    dweight[k, c, r, s] = total
 
 
 @njit(**JIT)
@@ -484,14 +523,16 @@ def _axpy4(dst, at, src, s0, s1, s2, s3, c0, c1, c2, c3, count):
 
 
 @njit(**JIT)
-def _input_transform_by_rows(canvas, rows, V, L, T, index, coefficient):
+def _input_transform_by_rows(canvas, rows, V, L, T, unit, index, coefficient):
     """V[n*p + q, c*T + g] = (Bᵀ d B)[p, q] of tile g's patch d (n x n, n = tile + 2) in channel c of
-    ``_pack_input``'s canvas (C, tile², plane), Bᵀ given by its rows' four terms (``_terms``).
+    ``_pack_input``'s canvas (C, tile², plane), Bᵀ given by its rows' four terms (``_terms``). ``unit``: 1; or
+    C for ``_pack_input_t``'s canvas with the channels innermost, passed as (1, tile², plane * C): then
+    V[n*p + q, g*C + c] (V transposed, T x C per plane).
 
     Two passes per channel, each a loop per output plane over the whole block: rows[n*i + q] = (d B)[i, q]
     for the patch rows i < tile, then V[p, q] = Σ_i Bᵀ[p, i] rows[i, q]; patch rows i >= tile are rows
     i - tile of the tile below (+L), so the first pass covers T + L tiles for them and the second reads them
-    shifted. rows: (tile * n, >= T + L) scratch; V: (n², >= C*T), C-contiguous.
+    shifted. rows: (tile * n, >= (T + L) * unit) scratch; V: (n², >= C*T), C-contiguous.
     """
     n = index.shape[0]
     tile = n - 2
@@ -501,25 +542,49 @@ def _input_transform_by_rows(canvas, rows, V, L, T, index, coefficient):
     for c in range(C):
         base = c * tile * tile * plane
         for i in range(tile):
-            span = T + L if i < n - tile else T
+            span = (T + L if i < n - tile else T) * unit
             for q in range(n):
                 # d[i][j] of every tile: plane (i, j % tile) from offset j // tile
                 j0, j1, j2, j3 = index[q, 0], index[q, 1], index[q, 2], index[q, 3]
                 _axpy4(rs, (n * i + q) * row_plane, cs,
-                       base + (tile * i + j0 % tile) * plane + j0 // tile,
-                       base + (tile * i + j1 % tile) * plane + j1 // tile,
-                       base + (tile * i + j2 % tile) * plane + j2 // tile,
-                       base + (tile * i + j3 % tile) * plane + j3 // tile,
+                       base + (tile * i + j0 % tile) * plane + j0 // tile * unit,
+                       base + (tile * i + j1 % tile) * plane + j1 // tile * unit,
+                       base + (tile * i + j2 % tile) * plane + j2 // tile * unit,
+                       base + (tile * i + j3 % tile) * plane + j3 // tile * unit,
                        coefficient[q, 0], coefficient[q, 1], coefficient[q, 2], coefficient[q, 3], span)
         for p in range(n):
             i0, i1, i2, i3 = index[p, 0], index[p, 1], index[p, 2], index[p, 3]
             for q in range(n):
-                _axpy4(vs, (n * p + q) * v_plane + c * T, rs,
-                       (n * (i0 % tile) + q) * row_plane + (i0 // tile) * L,
-                       (n * (i1 % tile) + q) * row_plane + (i1 // tile) * L,
-                       (n * (i2 % tile) + q) * row_plane + (i2 // tile) * L,
-                       (n * (i3 % tile) + q) * row_plane + (i3 // tile) * L,
-                       coefficient[p, 0], coefficient[p, 1], coefficient[p, 2], coefficient[p, 3], T)
+                _axpy4(vs, (n * p + q) * v_plane + c * T * unit, rs,
+                       (n * (i0 % tile) + q) * row_plane + (i0 // tile) * L * unit,
+                       (n * (i1 % tile) + q) * row_plane + (i1 // tile) * L * unit,
+                       (n * (i2 % tile) + q) * row_plane + (i2 // tile) * L * unit,
+                       (n * (i3 % tile) + q) * row_plane + (i3 // tile) * L * unit,
+                       coefficient[p, 0], coefficient[p, 1], coefficient[p, 2], coefficient[p, 3], T * unit)
+
+
+@njit(**JIT)
+def _gradient_transform_by_rows(P, Q, D, size, index, coefficient):
+    """D[n*p + q, :size] = (A p Aᵀ)[p, q] of the tiles p (tile x tile) whose elements are P's planes
+    (P[tile*a + b]), A given by its rows' four terms (``_terms(Aᵀ.T)``): Q[n*a + q] = (p Aᵀ)[a, q], then
+    D[p, q] = Σ_a A[p, a] Q[a, q]. Q: (tile * n, >= size) scratch; loops over flat arrays, as in
+    ``_input_transform_by_rows``."""
+    n = index.shape[0]
+    tile = n - 2
+    ps, qs, ds = P.reshape(-1), Q.reshape(-1), D.reshape(-1)
+    p_plane, q_plane, d_plane = P.shape[1], Q.shape[1], D.shape[1]
+    for a in range(tile):
+        for q in range(n):
+            b0, b1, b2, b3 = index[q, 0], index[q, 1], index[q, 2], index[q, 3]
+            _axpy4(qs, (n * a + q) * q_plane, ps, (tile * a + b0) * p_plane, (tile * a + b1) * p_plane,
+                   (tile * a + b2) * p_plane, (tile * a + b3) * p_plane,
+                   coefficient[q, 0], coefficient[q, 1], coefficient[q, 2], coefficient[q, 3], size)
+    for p in range(n):
+        a0, a1, a2, a3 = index[p, 0], index[p, 1], index[p, 2], index[p, 3]
+        for q in range(n):
+            _axpy4(ds, (n * p + q) * d_plane, qs, (n * a0 + q) * q_plane, (n * a1 + q) * q_plane,
+                   (n * a2 + q) * q_plane, (n * a3 + q) * q_plane,
+                   coefficient[p, 0], coefficient[p, 1], coefficient[p, 2], coefficient[p, 3], size)
 
 
 def _weighted_sum(b, terms):
@@ -681,56 +746,62 @@ def _output_tiles(M, plane, y, bias, use_bias, relu, tile, n0, n1, th0, th1, tw0
                     _tiles_row_2(ys, top, OW, inside, M, plane, g, b, full, ragged)
 
 
-@njit(**JIT)
-def _pack_gradient(dy, canvas, n0, n1, th0, th1, tw0, tw1, limit):
-    """canvas[2a + b, k*rows*L + r*L + n*(nt+1) + j] = dy[n0 + n, k, 2(th0 + r) + a, 2(tw0 + j) + b] for j < nt,
-    0 past dy and on the spare tiles (so they add nothing to the weight gradient). canvas: (>= 4, >= K*rows*L),
-    C-contiguous (its rows may be padded apart).
+def _pack_gradient_kernel(tile):
+    """``pack(dy, canvas, n0, n1, th0, th1, tw0, tw1, limit)`` for tiles of side ``tile`` (compile-time)."""
 
-    Flat arrays and unsigned offsets, as in _pack_input; returns whether every value copied is within
-    ``limit`` in magnitude.
-    """
-    K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
-    nt, rows = tw1 - tw0, th1 - th0
-    slot = nt + 1
-    L = (n1 - n0) * slot
-    plane = canvas.shape[1]
-    first = 2 * tw0
-    hi = max(0, min(nt, (OW - first) // 2))  # tiles whose two columns are both inside dy
-    dys, cs = dy.reshape(-1), canvas.reshape(-1)
-    zero = cs.dtype.type(0)
-    ok = True
-    for k in range(K):
-        for n in range(n1 - n0):
-            for r in range(rows):
-                for a in range(2):
-                    even = 2 * a * plane + (k * rows + r) * L + n * slot
-                    odd = even + plane
-                    oh = 2 * (th0 + r) + a
-                    if oh >= OH:
-                        for j in range(slot):
-                            cs[_u(even + j)] = zero
-                            cs[_u(odd + j)] = zero
-                        continue
-                    src = (((n0 + n) * K + k) * OH + oh) * OW + first
-                    # short rows in vectors (m2's 8 slots: 0.62 -> 0.44 ms a part); LLVM vectorizes long ones
-                    # better itself (32 wide: 2.1 ms, 2.5 in vectors); columns past the block's tiles read as 0
-                    if 4 <= slot <= 16 and src + 2 * slot <= dys.size:
-                        ok &= _pack_row_vectors(dys, src, first, min(OW, 2 * tw1), cs, even, plane, slot,
-                                                8 if slot >= 8 else 4, 2, limit)
-                        continue
-                    for j in range(hi):
-                        e, o = dys[_u(src + 2 * j)], dys[_u(src + 2 * j + 1)]
-                        ok &= (abs(e) <= limit) & (abs(o) <= limit)
-                        cs[_u(even + j)] = e
-                        cs[_u(odd + j)] = o
-                    for j in range(hi, slot):  # a ragged last column, then the spare tile
-                        w = first + 2 * j
-                        e = dys[_u(src + 2 * j)] if j < nt and w < OW else zero
-                        ok &= abs(e) <= limit
-                        cs[_u(even + j)] = e
-                        cs[_u(odd + j)] = zero
-    return ok
+    @njit(**JIT)
+    def pack(dy, canvas, n0, n1, th0, th1, tw0, tw1, limit):
+        """canvas[tile*a + b, k*rows*L + r*L + n*(nt+1) + j] = dy[n0 + n, k, tile*(th0 + r) + a, tile*(tw0 + j) + b]
+        for j < nt, 0 past dy and on the spare tiles (so they add nothing to the weight gradient).
+        canvas: (>= tile², >= K*rows*L), C-contiguous (its rows may be padded apart).
+
+        Flat arrays and unsigned offsets, as in _pack_input; returns whether every value copied is within
+        ``limit`` in magnitude.
+        """
+        K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
+        nt, rows = tw1 - tw0, th1 - th0
+        slot = nt + 1
+        L = (n1 - n0) * slot
+        plane = canvas.shape[1]
+        first = tile * tw0
+        hi = max(0, min(nt, (OW - first) // tile))  # tiles whose columns are all inside dy
+        dys, cs = dy.reshape(-1), canvas.reshape(-1)
+        zero = cs.dtype.type(0)
+        ok = True
+        for k in range(K):
+            for n in range(n1 - n0):
+                for r in range(rows):
+                    for a in range(tile):
+                        dst = tile * a * plane + (k * rows + r) * L + n * slot
+                        oh = tile * (th0 + r) + a
+                        if oh >= OH:
+                            for b in range(tile):
+                                for j in range(slot):
+                                    cs[_u(dst + b * plane + j)] = zero
+                            continue
+                        src = (((n0 + n) * K + k) * OH + oh) * OW + first
+                        # short rows in vectors (m2's 8 slots: 0.62 -> 0.44 ms a part); LLVM vectorizes long ones
+                        # better itself (32 wide: 2.1 ms, 2.5 in vectors); columns past the block's tiles read as 0
+                        if 4 <= slot <= 16 and src + tile * slot <= dys.size:
+                            ok &= _pack_row_vectors(dys, src, first, min(OW, tile * tw1), cs, dst, plane, slot,
+                                                    8 if slot >= 8 else 4, tile, limit)
+                            continue
+                        for j in range(hi):
+                            for b in range(tile):
+                                v = dys[_u(src + tile * j + b)]
+                                ok &= abs(v) <= limit
+                                cs[_u(dst + b * plane + j)] = v
+                        for j in range(hi, slot):  # a ragged last column, then the spare tile
+                            for b in range(tile):
+                                w = first + tile * j + b
+                                v = dys[_u(src + tile * j + b)] if j < nt and w < OW else zero
+                                ok &= abs(v) <= limit
+                                cs[_u(dst + b * plane + j)] = v
+        return ok
+    return pack
+
+
+_pack_gradient, _pack_gradient_4 = _pack_gradient_kernel(2), _pack_gradient_kernel(4)
 
 
 # The weight gradient's 16 operands D[p, q] = (A p Aᵀ)[p, q], A = [[1, 0], [1, 1], [1, -1], [0, -1]], from the
@@ -771,42 +842,48 @@ def _gradient_transform(planes, size):
     _sum2(planes[15, :size], P01, P11, True)   # E23 (sign -1)
 
 
-@njit(**JIT)
-def _pack_input_t(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
-    """As _pack_input with the channel innermost: canvas[2a + b, pos*C + c] (canvas (4, ((rows + 1)*L + 1) * C)),
-    so that the input transform's loops produce V transposed, (T x C) per ξ, for the weight gradient's GEMM
-    (113 GFLOP/s on that layout, 68 on the transposed view of (C x T)). Returns whether every input copied
-    is within ``limit`` in magnitude."""
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    nt, rows = tw1 - tw0, th1 - th0
-    slot = nt + 1
-    L = (n1 - n0) * slot
-    plane = canvas.shape[1]
-    first = 2 * tw0 - left
-    zero = canvas.dtype.type(0)
-    ok = True
-    xs, cs = x.reshape(-1), canvas.reshape(-1)
-    for n in range(n1 - n0):
-        for ph in range(2 * (rows + 1)):  # canvas row (ph >> 1) of parity (ph & 1)
-            h = 2 * th0 + ph - top
-            row = (ph & 1) * 2 * plane + ((ph >> 1) * L + n * slot) * C
-            for j in range(slot):
-                for b in range(2):
-                    w = first + 2 * j + b
-                    dst = row + b * plane + j * C
-                    if 0 <= h < H and 0 <= w < W:
-                        src = (((n0 + n) * C) * H + h) * W + w
-                        for c in range(C):
-                            v = xs[_u(src + c * H * W)]
+def _pack_input_t_kernel(tile):
+    """``pack(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit)`` for tiles of side ``tile``
+    (compile-time)."""
+
+    @njit(**JIT)
+    def pack(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
+        """As _pack_input with the channel innermost: canvas[tile*a + b, pos*C + c] (canvas (tile²,
+        ((rows + 1)*L + 1) * C)), so that the input transform's loops produce V transposed, (T x C) per ξ, for
+        the weight gradient's GEMM (113 GFLOP/s on that layout, 68 on the transposed view of (C x T)). Returns
+        whether every input copied is within ``limit`` in magnitude."""
+        C, H, W = x.shape[1], x.shape[2], x.shape[3]
+        nt, rows = tw1 - tw0, th1 - th0
+        slot = nt + 1
+        L = (n1 - n0) * slot
+        plane = canvas.shape[1]
+        first = tile * tw0 - left
+        zero = canvas.dtype.type(0)
+        ok = True
+        xs, cs = x.reshape(-1), canvas.reshape(-1)
+        for n in range(n1 - n0):
+            for ph in range(tile * (rows + 1)):  # canvas row ph // tile of row phase ph % tile
+                h = tile * th0 + ph - top
+                row = (ph % tile) * tile * plane + ((ph // tile) * L + n * slot) * C
+                inside_rows = 0 <= h < H and ph < tile * rows + 2  # rows past the patches: zeros, never read
+                # the channel outside: each input row is read front to back; with it inside, the reads were
+                # H*W apart, 4 KiB at 32x32, all in one L1 set (cifar_conv's F(4x4) pack took 36% of a block)
+                for c in range(C):
+                    src = (((n0 + n) * C + c) * H + h) * W
+                    for j in range(slot):
+                        for b in range(tile):
+                            w = first + tile * j + b
+                            v = xs[_u(src + w)] if inside_rows and 0 <= w < W else zero
                             ok &= abs(v) <= limit
-                            cs[_u(dst + c)] = v
-                    else:
-                        for c in range(C):
-                            cs[_u(dst + c)] = zero
-    for p in range(4):
-        for c in range(C):
-            cs[_u(p * plane + (rows + 1) * L * C + c)] = zero  # read only by the block's last spare tile
-    return ok
+                            cs[_u(row + b * plane + j * C + c)] = v
+        for p in range(tile * tile):
+            for c in range(C):
+                cs[_u(p * plane + (rows + 1) * L * C + c)] = zero  # read only by the block's last spare tile
+        return ok
+    return pack
+
+
+_pack_input_t, _pack_input_t_4 = _pack_input_t_kernel(2), _pack_input_t_kernel(4)
 
 
 # --------------------------------------------------------------------------- passes
@@ -848,7 +925,7 @@ def _correlate_blocks(x, U, bias, use_bias, relu, y, top, left, blocks, buf, lim
         else:
             by_rows = buf[size:size + tile * (tile + 2) * (T + L + PLANE_PAD)].reshape(tile * (tile + 2),
                                                                                         T + L + PLANE_PAD)
-            _input_transform_by_rows(canvas, by_rows, V, L, T, index, coefficient)
+            _input_transform_by_rows(canvas, by_rows, V, L, T, 1, index, coefficient)
         for xi in range(xis):
             np.dot(U[xi], V[xi, :C * T].reshape(C, T), M[xi, :K * T].reshape(K, T))
         _output_tiles(M.reshape(-1), K * T + PLANE_PAD, y, bias, use_bias, relu, tile, n0, n1, th0, th1, tw0, tw1)
@@ -884,6 +961,44 @@ def _weight_gradient_blocks(dy, x, top, left, blocks, buf, partial, limit):
     return True
 
 
+@njit(**JIT)
+def _weight_gradient_blocks_by_rows(dy, x, top, left, blocks, buf, partial, limit, bt_index, bt_coefficient,
+                                    a_index, a_coefficient):
+    """As ``_weight_gradient_blocks`` for F(4x4): partial (36, K, C) += Σ over the tiles of ``blocks`` of
+    (A p Aᵀ) Vᵀ, the transforms by rows (``_input_transform_by_rows``, ``_gradient_transform_by_rows``)."""
+    C, K = x.shape[1], dy.shape[1]
+    tile, n = 4, 6
+    product = np.empty((K, C), partial.dtype)
+    for i in range(blocks.shape[0]):
+        block = blocks[i]
+        rows, L, T = _layout(block)
+        n0, n1, th0, th1, tw0, tw1 = block[0], block[1], block[2], block[3], block[4], block[5]
+        plane = ((rows + 1) * L + 1) * C
+        size = tile * tile * plane
+        canvas = buf[:size].reshape(1, tile * tile, plane)
+        Vt = buf[size:size + n * n * (T * C + PLANE_PAD)].reshape(n * n, T * C + PLANE_PAD)
+        size += n * n * (T * C + PLANE_PAD)
+        by_rows = buf[size:size + tile * n * ((T + L) * C + PLANE_PAD)].reshape(tile * n, (T + L) * C + PLANE_PAD)
+        size += tile * n * ((T + L) * C + PLANE_PAD)
+        P = buf[size:size + tile * tile * (K * T + PLANE_PAD)].reshape(tile * tile, K * T + PLANE_PAD)
+        size += tile * tile * (K * T + PLANE_PAD)
+        Q = buf[size:size + tile * n * (K * T + PLANE_PAD)].reshape(tile * n, K * T + PLANE_PAD)
+        size += tile * n * (K * T + PLANE_PAD)
+        D = buf[size:size + n * n * (K * T + PLANE_PAD)].reshape(n * n, K * T + PLANE_PAD)
+        if not (_pack_input_t_4(x, canvas[0], n0, n1, th0, th1, tw0, tw1, top, left, limit)
+                and _pack_gradient_4(dy, P, n0, n1, th0, th1, tw0, tw1, limit)):
+            return False
+        _input_transform_by_rows(canvas, by_rows, Vt, L, T, C, bt_index, bt_coefficient)
+        _gradient_transform_by_rows(P, Q, D, K * T, a_index, a_coefficient)
+        for xi in range(n * n):
+            np.dot(D[xi, :K * T].reshape(K, T), Vt[xi, :T * C].reshape(T, C), product)
+            total = partial[xi]
+            for k in range(K):
+                for c in range(C):
+                    total[k, c] += product[k, c]
+    return True
+
+
 @njit(**PARALLEL)
 def _correlate_parts(x, U, bias, use_bias, relu, y, top, left, blocks, starts, scratch, limit, index, coefficient,
                      ok):
@@ -895,11 +1010,18 @@ def _correlate_parts(x, U, bias, use_bias, relu, y, top, left, blocks, starts, s
 
 
 @njit(**PARALLEL)
-def _weight_gradient_parts(dy, x, top, left, blocks, starts, scratch, partials, limit, ok):
-    """partials[p] = the weight gradient sum of part p's blocks[starts[p]:starts[p + 1]], in scratch[p]."""
+def _weight_gradient_parts(dy, x, top, left, blocks, starts, scratch, partials, limit, bt_index, bt_coefficient,
+                           a_index, a_coefficient, ok):
+    """partials[p] = the weight gradient sum of part p's blocks[starts[p]:starts[p + 1]], in scratch[p]; F(4x4)
+    when partials has 36 planes."""
     for part in prange(scratch.shape[0]):
-        ok[part] = _weight_gradient_blocks(dy, x, top, left, blocks[starts[part]:starts[part + 1]], scratch[part],
-                                           partials[part], limit)
+        if partials.shape[1] == 16:
+            ok[part] = _weight_gradient_blocks(dy, x, top, left, blocks[starts[part]:starts[part + 1]],
+                                               scratch[part], partials[part], limit)
+        else:
+            ok[part] = _weight_gradient_blocks_by_rows(dy, x, top, left, blocks[starts[part]:starts[part + 1]],
+                                                       scratch[part], partials[part], limit, bt_index, bt_coefficient,
+                                                       a_index, a_coefficient)
 
 
 def correlate(x, U, bias, relu, top, left, out_shape, limit, workspace_bytes=None):
@@ -929,46 +1051,50 @@ def correlate(x, U, bias, relu, top, left, out_shape, limit, workspace_bytes=Non
     return y if ok.all() else None
 
 
-def weight_gradient(dy, x, top, left, limit, workspace_bytes=None):
-    """dU (16, K, C): the sum over tiles of (A p Aᵀ) Vᵀ (dweight = ``weight_from(dU)``), or None when an input
-    is NaN, inf or past ``limit``.
+def weight_gradient(dy, x, top, left, limit, workspace_bytes=None, tile=2):
+    """dU (n², K, C): the sum over tiles of (A p Aᵀ) Vᵀ (dweight = ``weight_from(dU)``), n = tile + 2, or None
+    when an input is NaN, inf or past ``limit``.
 
     dy (N, K, OH, OW), x (N, C, H, W); (top, left) the forward pass's padding.
     Deterministic: each image range sums its own partial, added in a fixed order.
     """
     N, C = x.shape[:2]
     K, OH, OW = dy.shape[1:]
+    xis = (tile + 2) ** 2
     x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
-    blocks, starts, scratch = _plan(N, OH, OW, C, K, 20 * C + 16 * K, x.dtype, workspace_bytes,
-                                    WEIGHT_GRADIENT_BLOCK_BYTES)
-    partials = np.zeros((scratch.shape[0], 16, K, C), x.dtype)
+    floats_per_tile = 20 * C + 16 * K if tile == 2 else F4_GRADIENT_FLOATS_PER_TILE[0] * C + \
+        F4_GRADIENT_FLOATS_PER_TILE[1] * K
+    blocks, starts, scratch = _plan(N, OH, OW, C, K, floats_per_tile, x.dtype, workspace_bytes,
+                                    WEIGHT_GRADIENT_BLOCK_BYTES, tile=tile, weight_gradient=True)
+    partials = np.zeros((scratch.shape[0], xis, K, C), x.dtype)
     ok = np.zeros(scratch.shape[0], np.bool_)
-    runtime.launch(_weight_gradient_parts, dy, x, top, left, blocks, starts, scratch, partials, limit, ok, blas=True)
+    runtime.launch(_weight_gradient_parts, dy, x, top, left, blocks, starts, scratch, partials, limit, F4_BT_INDEX,
+                   F4_BT_COEFFICIENT.astype(x.dtype), F4_A_INDEX, F4_A_COEFFICIENT.astype(x.dtype), ok, blas=True)
     if not ok.all():
         return None
-    total = np.zeros((16, K, C), x.dtype)
+    total = np.zeros((xis, K, C), x.dtype)
     for partial in partials:  # fixed order: deterministic
         total += partial
     return total
 
 
-def _plan(N, OH, OW, C, K, floats_per_tile, dtype, workspace_bytes, cap=None, tile=2):
+def _plan(N, OH, OW, C, K, floats_per_tile, dtype, workspace_bytes, cap=None, tile=2, weight_gradient=False):
     """The blocks of tiles (side ``tile``) of every part (``runtime.plan_parts``), each within ``cap`` bytes
     (default ``BLOCK_BYTES``), and a scratch row per part for its largest."""
     blocks, starts, need = _blocks(N, OH, OW, C, K, floats_per_tile, np.dtype(dtype),
                                    runtime.workspace_budget(workspace_bytes), runtime.threads(), cap or BLOCK_BYTES,
-                                   tile)
+                                   tile, weight_gradient)
     parts = len(starts) - 1
     return blocks, starts, runtime.scratch(parts * need, dtype).reshape(parts, need)
 
 
 @functools.lru_cache(maxsize=64)
-def _blocks(N, OH, OW, C, K, floats_per_tile, dtype, budget, threads, cap, tile=2):
+def _blocks(N, OH, OW, C, K, floats_per_tile, dtype, budget, threads, cap, tile=2, weight_gradient=False):
     """``_plan``'s blocks, starts and scratch floats per part, kept per shape (planning took 30-40 us, a
     training step plans three passes); the kernels only read them. ``threads``: the most parts (and so part
     of the key). ``floats_per_tile`` sizes the blocks; the scratch is what the largest block's arrays take:
     its canvas (tile² planes of C channels), V and M (n² planes of C and K), the padding between planes, and
-    for tile 4 ``_input_transform_by_rows``'s rows."""
+    for tile 4 ``_input_transform_by_rows``'s rows (and for its weight gradient, the dy tiles' P and Q)."""
     TH, TW = -(-OH // tile), -(-OW // tile)
     phases, xis = tile * tile, (tile + 2) ** 2
     # twice the arrays' size per tile covers the spare tiles and the canvas's extra row, even for 1x1-tile blocks
@@ -985,7 +1111,10 @@ def _blocks(N, OH, OW, C, K, floats_per_tile, dtype, budget, threads, cap, tile=
             for n0, n1, th0, th1, tw0, tw1 in blocks:
                 rows, L = th1 - th0, (n1 - n0) * (tw1 - tw0 + 1)
                 block_need = phases * C * ((rows + 1) * L + 1) + xis * ((C + K) * rows * L + 2 * PLANE_PAD)
-                if tile == 4:  # _input_transform_by_rows's rows
+                if tile == 4 and weight_gradient:  # the rows of C channels; P and Q
+                    block_need += tile * (tile + 2) * ((rows + 1) * L * C + PLANE_PAD) + \
+                        (tile * tile + tile * (tile + 2)) * (K * rows * L + PLANE_PAD)
+                elif tile == 4:  # _input_transform_by_rows's rows
                     block_need += tile * (tile + 2) * ((rows + 1) * L + PLANE_PAD)
                 need = max(need, block_need)
             if (len(starts) - 1) * need * dtype.itemsize <= budget or block_cap <= tile_bytes:
