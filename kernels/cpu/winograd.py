@@ -861,21 +861,39 @@ def _pack_input_t_kernel(tile):
         zero = canvas.dtype.type(0)
         ok = True
         xs, cs = x.reshape(-1), canvas.reshape(-1)
+        # a position's channels in turn are H*W apart: from 4 KiB (32x32) on, reads that share L1 sets, and at
+        # 32x32 every one in the same set (cifar_conv's F(4x4) pack took 36% of a block); there each input row
+        # is read front to back instead (154 -> 56 us a block), which ran mnist_conv2's weight gradient (784
+        # bytes apart) 20% slower
+        by_rows = H * W * xs.itemsize >= 4096
         for n in range(n1 - n0):
             for ph in range(tile * (rows + 1)):  # canvas row ph // tile of row phase ph % tile
                 h = tile * th0 + ph - top
                 row = (ph % tile) * tile * plane + ((ph // tile) * L + n * slot) * C
                 inside_rows = 0 <= h < H and ph < tile * rows + 2  # rows past the patches: zeros, never read
-                # the channel outside: each input row is read front to back; with it inside, the reads were
-                # H*W apart, 4 KiB at 32x32, all in one L1 set (cifar_conv's F(4x4) pack took 36% of a block)
-                for c in range(C):
-                    src = (((n0 + n) * C + c) * H + h) * W
-                    for j in range(slot):
-                        for b in range(tile):
-                            w = first + tile * j + b
-                            v = xs[_u(src + w)] if inside_rows and 0 <= w < W else zero
-                            ok &= abs(v) <= limit
-                            cs[_u(row + b * plane + j * C + c)] = v
+                if by_rows:
+                    for c in range(C):
+                        src = (((n0 + n) * C + c) * H + h) * W
+                        for j in range(slot):
+                            for b in range(tile):
+                                w = first + tile * j + b
+                                v = xs[_u(src + w)] if inside_rows and 0 <= w < W else zero
+                                ok &= abs(v) <= limit
+                                cs[_u(row + b * plane + j * C + c)] = v
+                    continue
+                for j in range(slot):
+                    for b in range(tile):
+                        w = first + tile * j + b
+                        dst = row + b * plane + j * C
+                        if inside_rows and 0 <= w < W:
+                            src = (((n0 + n) * C) * H + h) * W + w
+                            for c in range(C):
+                                v = xs[_u(src + c * H * W)]
+                                ok &= abs(v) <= limit
+                                cs[_u(dst + c)] = v
+                        else:
+                            for c in range(C):
+                                cs[_u(dst + c)] = zero
         for p in range(tile * tile):
             for c in range(C):
                 cs[_u(p * plane + (rows + 1) * L * C + c)] = zero  # read only by the block's last spare tile
