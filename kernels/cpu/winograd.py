@@ -24,21 +24,22 @@ Then a tile's right neighbour is always at +1 and the one below at +L, so every 
 is a loop over the whole block with one output array and a few inputs at fixed offsets:
 loops of that form vectorize (multi-output loops and loops over 7-tile rows did not), and
 the spare tiles (1 in ``tiles + 1``) are the price. The input is first split by the parity
-of its rows and columns (``_pack_input``, a row at a time in vectors of 8 or 4 slots,
+of its rows and columns (``_pack_input_2``, a row at a time in vectors of 8 or 4 slots,
 ``_slots_intrinsic``), so patch element (i, j) of tile g is at ``g + (i//2)*L + j//2`` of plane
 ``(i%2, j%2)``. The output transform goes the other way,
 straight from the GEMMs' products into y, a row of tiles at a time in explicit vectors of
 4-16 tiles (``_tiles_intrinsic``): as whole-block loops it took two scratch passes more.
 
-F(4x4, 3x3) (the forward and backward-input passes of images from 20x20, ``forward_tile``; the weight gradient
-from 32x32, ``weight_gradient_tile``) takes 6x6 patches
-to 4x4 tiles: 36 GEMMs, 2.25 multiplications per output where F(2x2) has 4; on the AMD host 1.2-1.5x less
-time on the suite's larger images (neu_conv3, cifar_conv). Its matrices come from ``toom_cook`` (points 0,
-±1, ±1/2): Bᵀ's rows hold up to four integers up to 8, so the input transform is two passes of four-term loops
-(``_input_transform_by_rows``); the canvas splits rows and columns modulo 4 (16 planes); the output
-transform is the same intrinsic as F(2x2)'s, built from Aᵀ; the weight gradient transforms dy's 4x4 tiles
-by A the same way (``_gradient_transform_by_rows``). Its float32 error is about 10x F(2x2)'s (~1.5e-6 of the
-largest output against 1.5e-7 over 64 channels), still within the tests' 2e-5.
+F(4x4, 3x3) (the forward and backward-input passes of images from 20x20, ``forward_tile``; the weight
+gradient from 32x32, ``weight_gradient_tile``) takes 6x6 patches to 4x4 tiles: 36 GEMMs, 2.25
+multiplications per output where F(2x2) has 4; on the AMD host 1.2-1.5x less time on the suite's larger
+images (neu_conv3, cifar_conv). Its matrices come from ``toom_cook`` (points 0, ±1, ±1/2): Bᵀ's rows hold
+up to four integers up to 8, so the input transform is two passes of four-term loops
+(``_input_transform_by_rows``); the canvas splits rows and columns modulo 4 (16 planes; the packs are
+built per tile side, ``_pack_input_kernel``); the output transform is the same intrinsic as F(2x2)'s,
+built from Aᵀ; the weight gradient transforms dy's 4x4 tiles by A the same way
+(``_gradient_transform_by_rows``). Its float32 error is about 10x F(2x2)'s (~1.5e-6 of the largest output
+against 1.5e-7 over 64 channels), still within the tests' 2e-5.
 
 Not for non-finite or huge inputs: Winograd mixes all 16 inputs of a patch into all 4
 outputs of its tile, so an inf would turn neighbouring outputs into NaN. The pack kernels
@@ -492,7 +493,7 @@ _pack_input_2, _pack_input_4 = _pack_input_kernel(2), _pack_input_kernel(4)
 def _input_transform(planes, V, column, L, T, C):
     """V[4p + q, column + g*C + c] = (Bᵀ d B)[p, q] of tile g's patch d in channel c, for a canvas whose four
     parity planes ``planes`` (4, ...) hold C channels innermost (``_pack_input_t``; C = 1 for one channel of
-    ``_pack_input``'s canvas): one loop over (tile, channel) per ξ, the patch offsets scaled by C.
+    ``_pack_input_2``'s canvas): one loop over (tile, channel) per ξ, the patch offsets scaled by C.
 
     V: (16, ...), C-contiguous (planes padded apart): a 'C' layout keeps every loop unit-stride.
     """
@@ -525,9 +526,9 @@ def _axpy4(dst, at, src, s0, s1, s2, s3, c0, c1, c2, c3, count):
 @njit(**JIT)
 def _input_transform_by_rows(canvas, rows, V, L, T, unit, index, coefficient):
     """V[n*p + q, c*T + g] = (Bᵀ d B)[p, q] of tile g's patch d (n x n, n = tile + 2) in channel c of
-    ``_pack_input``'s canvas (C, tile², plane), Bᵀ given by its rows' four terms (``_terms``). ``unit``: 1; or
-    C for ``_pack_input_t``'s canvas with the channels innermost, passed as (1, tile², plane * C): then
-    V[n*p + q, g*C + c] (V transposed, T x C per plane).
+    ``_pack_input_kernel``'s canvas (C, tile², plane), Bᵀ given by its rows' four terms (``_terms``).
+    ``unit``: 1; or C for ``_pack_input_t_kernel``'s canvas with the channels innermost, passed as
+    (1, tile², plane * C): then V[n*p + q, g*C + c] (V transposed, T x C per plane).
 
     Two passes per channel, each a loop per output plane over the whole block: rows[n*i + q] = (d B)[i, q]
     for the patch rows i < tile, then V[p, q] = Σ_i Bᵀ[p, i] rows[i, q]; patch rows i >= tile are rows
@@ -755,7 +756,7 @@ def _pack_gradient_kernel(tile):
         for j < nt, 0 past dy and on the spare tiles (so they add nothing to the weight gradient).
         canvas: (>= tile², >= K*rows*L), C-contiguous (its rows may be padded apart).
 
-        Flat arrays and unsigned offsets, as in _pack_input; returns whether every value copied is within
+        Flat arrays and unsigned offsets, as in _pack_input_kernel; returns whether every value copied is within
         ``limit`` in magnitude.
         """
         K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
@@ -848,7 +849,7 @@ def _pack_input_t_kernel(tile):
 
     @njit(**JIT)
     def pack(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
-        """As _pack_input with the channel innermost: canvas[tile*a + b, pos*C + c] (canvas (tile²,
+        """As _pack_input_kernel with the channel innermost: canvas[tile*a + b, pos*C + c] (canvas (tile²,
         ((rows + 1)*L + 1) * C)), so that the input transform's loops produce V transposed, (T x C) per ξ, for
         the weight gradient's GEMM (113 GFLOP/s on that layout, 68 on the transposed view of (C x T)). Returns
         whether every input copied is within ``limit`` in magnitude."""

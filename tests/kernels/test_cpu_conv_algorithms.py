@@ -29,6 +29,8 @@ WINOGRAD_CASES = [
     # F(4x4): rows of 4 full tiles and 3 ragged columns; of 16 full tiles (vectors of 8, the last overlapping)
     ((2, 3, 13, 19, 5), ((1, 1), (1, 1))),
     ((1, 3, 7, 66, 4), ((1, 1), (1, 1))),
+    # planes of 4 KiB and more: the weight gradient's pack reads input rows front to back
+    ((2, 2, 9, 120, 3), ((1, 1), (1, 1))),
 ]
 DIRECT_CASES = [
     ((2, 1, 9, 11, 4), ((1, 1), (1, 1))),
