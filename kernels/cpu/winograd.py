@@ -715,36 +715,44 @@ _tiles_row_2, _tiles_row_2_relu = _tiles_row(False, F2_AT), _tiles_row(True, F2_
 _tiles_row_4, _tiles_row_4_relu = _tiles_row(False, F4_AT), _tiles_row(True, F4_AT)
 
 
-@njit(**JIT)
-def _output_tiles(M, plane, y, bias, use_bias, relu, tile, n0, n1, th0, th1, tw0, tw1):
-    """y's outputs of the block = relu?(Aᵀ m A + bias) of its tiles (side ``tile``), m from M's n² planes (flat,
-    ``plane`` elements apart; tile g of filter k at k*T + g, g = r*L + n*(nt + 1) + j), straight into y."""
-    K, OH, OW = y.shape[1], y.shape[2], y.shape[3]
-    nt, rows = tw1 - tw0, th1 - th0
-    slot = nt + 1
-    L = (n1 - n0) * slot
-    T = rows * L
-    full = min(nt, (OW - tile * tw0) // tile)  # tiles whose columns are all inside y
-    ragged = OW - tile * (tw0 + full) if full < nt else 0  # columns of the next tile inside y
-    ys = y.reshape(-1)
-    zero = y.dtype.type(0)
-    for k in range(K):  # M's order: its streams read front to back
-        b = bias[k] if use_bias else zero
-        for r in range(rows):
-            oh = tile * (th0 + r)
-            inside = min(tile, OH - oh)  # the tile rows inside y
-            for n in range(n1 - n0):
-                top = (((n0 + n) * K + k) * OH + oh) * OW + tile * tw0
-                g = k * T + r * L + n * slot
-                if tile == 4:
-                    if relu:
-                        _tiles_row_4_relu(ys, top, OW, inside, M, plane, g, b, full, ragged)
+def _output_tiles_kernel(tile):
+    """``output_tiles(M, plane, y, bias, use_bias, relu, n0, n1, th0, th1, tw0, tw1)`` for tiles of side ``tile``, a
+    compile-time constant: Numba prunes the other tile's branches, so a pass compiles only its own intrinsics."""
+
+    @njit(**JIT)
+    def output_tiles(M, plane, y, bias, use_bias, relu, n0, n1, th0, th1, tw0, tw1):
+        """y's outputs of the block = relu?(Aᵀ m A + bias) of its tiles (side ``tile``), m from M's n² planes (flat,
+        ``plane`` elements apart; tile g of filter k at k*T + g, g = r*L + n*(nt + 1) + j), straight into y."""
+        K, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+        nt, rows = tw1 - tw0, th1 - th0
+        slot = nt + 1
+        L = (n1 - n0) * slot
+        T = rows * L
+        full = min(nt, (OW - tile * tw0) // tile)  # tiles whose columns are all inside y
+        ragged = OW - tile * (tw0 + full) if full < nt else 0  # columns of the next tile inside y
+        ys = y.reshape(-1)
+        zero = y.dtype.type(0)
+        for k in range(K):  # M's order: its streams read front to back
+            b = bias[k] if use_bias else zero
+            for r in range(rows):
+                oh = tile * (th0 + r)
+                inside = min(tile, OH - oh)  # the tile rows inside y
+                for n in range(n1 - n0):
+                    top = (((n0 + n) * K + k) * OH + oh) * OW + tile * tw0
+                    g = k * T + r * L + n * slot
+                    if tile == 4:
+                        if relu:
+                            _tiles_row_4_relu(ys, top, OW, inside, M, plane, g, b, full, ragged)
+                        else:
+                            _tiles_row_4(ys, top, OW, inside, M, plane, g, b, full, ragged)
+                    elif relu:
+                        _tiles_row_2_relu(ys, top, OW, inside, M, plane, g, b, full, ragged)
                     else:
-                        _tiles_row_4(ys, top, OW, inside, M, plane, g, b, full, ragged)
-                elif relu:
-                    _tiles_row_2_relu(ys, top, OW, inside, M, plane, g, b, full, ragged)
-                else:
-                    _tiles_row_2(ys, top, OW, inside, M, plane, g, b, full, ragged)
+                        _tiles_row_2(ys, top, OW, inside, M, plane, g, b, full, ragged)
+    return output_tiles
+
+
+_output_tiles_2, _output_tiles_4 = _output_tiles_kernel(2), _output_tiles_kernel(4)
 
 
 def _pack_gradient_kernel(tile):
@@ -917,41 +925,6 @@ def _layout(block):
 
 
 @njit(**JIT)
-def _correlate_blocks(x, U, bias, use_bias, relu, y, top, left, blocks, buf, limit, index, coefficient):
-    """The forward pass over ``blocks`` ((count, 6): n0, n1, th0, th1, tw0, tw1) with tiles of side ``tile``
-    (U: (n², K, C), n = tile + 2; Bᵀ's terms ``index``, ``coefficient`` for tile 4), in scratch ``buf``; False as
-    soon as an input is past ``limit`` (or NaN): the caller then redoes the pass by im2col."""
-    C, K = x.shape[1], y.shape[1]
-    xis = U.shape[0]
-    tile = 2 if xis == 16 else 4
-    for i in range(blocks.shape[0]):
-        block = blocks[i]
-        rows, L, T = _layout(block)
-        n0, n1, th0, th1, tw0, tw1 = block[0], block[1], block[2], block[3], block[4], block[5]
-        plane = (rows + 1) * L + 1
-        size = C * tile * tile * plane
-        canvas = buf[:size].reshape(C, tile * tile, plane)
-        V = buf[size:size + xis * (C * T + PLANE_PAD)].reshape(xis, C * T + PLANE_PAD)
-        size += xis * (C * T + PLANE_PAD)
-        M = buf[size:size + xis * (K * T + PLANE_PAD)].reshape(xis, K * T + PLANE_PAD)
-        size += xis * (K * T + PLANE_PAD)
-        if not (_pack_input_2(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit) if tile == 2 else
-                _pack_input_4(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit)):
-            return False
-        if tile == 2:
-            for c in range(C):
-                _input_transform(canvas[c], V, c * T, L, T, 1)
-        else:
-            by_rows = buf[size:size + tile * (tile + 2) * (T + L + PLANE_PAD)].reshape(tile * (tile + 2),
-                                                                                        T + L + PLANE_PAD)
-            _input_transform_by_rows(canvas, by_rows, V, L, T, 1, index, coefficient)
-        for xi in range(xis):
-            np.dot(U[xi], V[xi, :C * T].reshape(C, T), M[xi, :K * T].reshape(K, T))
-        _output_tiles(M.reshape(-1), K * T + PLANE_PAD, y, bias, use_bias, relu, tile, n0, n1, th0, th1, tw0, tw1)
-    return True
-
-
-@njit(**JIT)
 def _weight_gradient_blocks(dy, x, top, left, blocks, buf, partial, limit):
     """partial (16, K, C) += Σ over the tiles of ``blocks`` of (A p Aᵀ) Vᵀ, in scratch ``buf``; False as soon
     as an input is past ``limit`` (or NaN)."""
@@ -1018,29 +991,82 @@ def _weight_gradient_blocks_by_rows(dy, x, top, left, blocks, buf, partial, limi
     return True
 
 
-@njit(**PARALLEL)
-def _correlate_parts(x, U, bias, use_bias, relu, y, top, left, blocks, starts, scratch, limit, index, coefficient,
-                     ok):
-    """The forward pass, part p (an image range) running blocks[starts[p]:starts[p + 1]] in scratch[p];
-    ok[p]: its inputs were all within ``limit``."""
-    for part in prange(scratch.shape[0]):
-        ok[part] = _correlate_blocks(x, U, bias, use_bias, relu, y, top, left,
-                                     blocks[starts[part]:starts[part + 1]], scratch[part], limit, index, coefficient)
+def _correlate_kernel(tile):
+    """``correlate_parts(...)``, the forward pass's kernel for tiles of side ``tile`` (U: (n², K, C), n = tile + 2),
+    a compile-time constant: a pass compiles only its own tile's functions (with both tiles in one kernel, the
+    first F(2x2) forward and weight gradient compiled in 27 and 29 s, now 12 and 15; F(4x4)'s 17 and 18 s
+    come when a shape first uses it)."""
+    xis = (tile + 2) ** 2
+
+    @njit(**JIT)
+    def correlate_blocks(x, U, bias, use_bias, relu, y, top, left, blocks, buf, limit, index, coefficient):
+        """The forward pass over ``blocks`` ((count, 6): n0, n1, th0, th1, tw0, tw1) with tiles of side ``tile``
+        (U: (n², K, C), n = tile + 2; Bᵀ's terms ``index``, ``coefficient`` for tile 4), in scratch ``buf``; False as
+        soon as an input is past ``limit`` (or NaN): the caller then redoes the pass by im2col."""
+        C, K = x.shape[1], y.shape[1]
+        for i in range(blocks.shape[0]):
+            block = blocks[i]
+            rows, L, T = _layout(block)
+            n0, n1, th0, th1, tw0, tw1 = block[0], block[1], block[2], block[3], block[4], block[5]
+            plane = (rows + 1) * L + 1
+            size = C * tile * tile * plane
+            canvas = buf[:size].reshape(C, tile * tile, plane)
+            V = buf[size:size + xis * (C * T + PLANE_PAD)].reshape(xis, C * T + PLANE_PAD)
+            size += xis * (C * T + PLANE_PAD)
+            M = buf[size:size + xis * (K * T + PLANE_PAD)].reshape(xis, K * T + PLANE_PAD)
+            size += xis * (K * T + PLANE_PAD)
+            if tile == 2:
+                if not _pack_input_2(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
+                    return False
+                for c in range(C):
+                    _input_transform(canvas[c], V, c * T, L, T, 1)
+            else:
+                if not _pack_input_4(x, canvas, n0, n1, th0, th1, tw0, tw1, top, left, limit):
+                    return False
+                by_rows = buf[size:size + tile * (tile + 2) * (T + L + PLANE_PAD)].reshape(tile * (tile + 2),
+                                                                                            T + L + PLANE_PAD)
+                _input_transform_by_rows(canvas, by_rows, V, L, T, 1, index, coefficient)
+            for xi in range(xis):
+                np.dot(U[xi], V[xi, :C * T].reshape(C, T), M[xi, :K * T].reshape(K, T))
+            if tile == 2:
+                _output_tiles_2(M.reshape(-1), K * T + PLANE_PAD, y, bias, use_bias, relu, n0, n1, th0, th1, tw0, tw1)
+            else:
+                _output_tiles_4(M.reshape(-1), K * T + PLANE_PAD, y, bias, use_bias, relu, n0, n1, th0, th1, tw0, tw1)
+        return True
+
+    @njit(**PARALLEL)
+    def correlate_parts(x, U, bias, use_bias, relu, y, top, left, blocks, starts, scratch, limit, index, coefficient,
+                         ok):
+        """The forward pass, part p (an image range) running blocks[starts[p]:starts[p + 1]] in scratch[p];
+        ok[p]: its inputs were all within ``limit``."""
+        for part in prange(scratch.shape[0]):
+            ok[part] = correlate_blocks(x, U, bias, use_bias, relu, y, top, left,
+                                        blocks[starts[part]:starts[part + 1]], scratch[part], limit, index, coefficient)
+    return correlate_parts
 
 
-@njit(**PARALLEL)
-def _weight_gradient_parts(dy, x, top, left, blocks, starts, scratch, partials, limit, bt_index, bt_coefficient,
-                           a_index, a_coefficient, ok):
-    """partials[p] = the weight gradient sum of part p's blocks[starts[p]:starts[p + 1]], in scratch[p]; F(4x4)
-    when partials has 36 planes."""
-    for part in prange(scratch.shape[0]):
-        if partials.shape[1] == 16:
-            ok[part] = _weight_gradient_blocks(dy, x, top, left, blocks[starts[part]:starts[part + 1]],
-                                               scratch[part], partials[part], limit)
-        else:
-            ok[part] = _weight_gradient_blocks_by_rows(dy, x, top, left, blocks[starts[part]:starts[part + 1]],
-                                                       scratch[part], partials[part], limit, bt_index, bt_coefficient,
-                                                       a_index, a_coefficient)
+_correlate_parts_2, _correlate_parts_4 = _correlate_kernel(2), _correlate_kernel(4)
+
+
+def _weight_gradient_kernel(tile):
+    """``weight_gradient_parts(...)`` for tiles of side ``tile`` (compile-time, as ``_correlate_kernel``)."""
+
+    @njit(**PARALLEL)
+    def weight_gradient_parts(dy, x, top, left, blocks, starts, scratch, partials, limit, bt_index, bt_coefficient,
+                              a_index, a_coefficient, ok):
+        """partials[p] = the weight gradient sum of part p's blocks[starts[p]:starts[p + 1]], in scratch[p]."""
+        for part in prange(scratch.shape[0]):
+            if tile == 2:
+                ok[part] = _weight_gradient_blocks(dy, x, top, left, blocks[starts[part]:starts[part + 1]],
+                                                   scratch[part], partials[part], limit)
+            else:
+                ok[part] = _weight_gradient_blocks_by_rows(dy, x, top, left, blocks[starts[part]:starts[part + 1]],
+                                                           scratch[part], partials[part], limit, bt_index,
+                                                           bt_coefficient, a_index, a_coefficient)
+    return weight_gradient_parts
+
+
+_weight_gradient_parts_2, _weight_gradient_parts_4 = _weight_gradient_kernel(2), _weight_gradient_kernel(4)
 
 
 def correlate(x, U, bias, relu, top, left, out_shape, limit, workspace_bytes=None):
@@ -1065,8 +1091,8 @@ def correlate(x, U, bias, relu, top, left, out_shape, limit, workspace_bytes=Non
     floats_per_tile = per_c * C + per_k * K
     blocks, starts, scratch = _plan(N, OH, OW, C, K, floats_per_tile, x.dtype, workspace_bytes, tile=tile)
     ok = np.zeros(scratch.shape[0], np.bool_)
-    runtime.launch(_correlate_parts, x, U, bias, use_bias, relu, y, top, left, blocks, starts, scratch, limit,
-                   F4_BT_INDEX, F4_BT_COEFFICIENT.astype(x.dtype), ok, blas=True)
+    runtime.launch(_correlate_parts_2 if tile == 2 else _correlate_parts_4, x, U, bias, use_bias, relu, y, top, left,
+                   blocks, starts, scratch, limit, F4_BT_INDEX, F4_BT_COEFFICIENT.astype(x.dtype), ok, blas=True)
     return y if ok.all() else None
 
 
@@ -1087,8 +1113,9 @@ def weight_gradient(dy, x, top, left, limit, workspace_bytes=None, tile=2):
                                     WEIGHT_GRADIENT_BLOCK_BYTES, tile=tile, weight_gradient=True)
     partials = np.zeros((scratch.shape[0], xis, K, C), x.dtype)
     ok = np.zeros(scratch.shape[0], np.bool_)
-    runtime.launch(_weight_gradient_parts, dy, x, top, left, blocks, starts, scratch, partials, limit, F4_BT_INDEX,
-                   F4_BT_COEFFICIENT.astype(x.dtype), F4_A_INDEX, F4_A_COEFFICIENT.astype(x.dtype), ok, blas=True)
+    runtime.launch(_weight_gradient_parts_2 if tile == 2 else _weight_gradient_parts_4, dy, x, top, left, blocks,
+                   starts, scratch, partials, limit, F4_BT_INDEX, F4_BT_COEFFICIENT.astype(x.dtype), F4_A_INDEX,
+                   F4_A_COEFFICIENT.astype(x.dtype), ok, blas=True)
     if not ok.all():
         return None
     total = np.zeros((xis, K, C), x.dtype)
