@@ -176,6 +176,13 @@ F4_BT_INDEX, F4_BT_COEFFICIENT = _terms(F4_BT)
 F4_A_INDEX, F4_A_COEFFICIENT = _terms(F4_AT.T)  # A (6 x 4): the weight gradient's transform of dy's tiles
 
 
+@functools.lru_cache(maxsize=4)
+def _coefficients(dtype):
+    """(Bᵀ's, A's) term coefficients in ``dtype``, made once per dtype rather than on every call (the kernels
+    only read them)."""
+    return F4_BT_COEFFICIENT.astype(dtype), F4_A_COEFFICIENT.astype(dtype)
+
+
 def tile_side(U):
     """The tile side (2 or 4) of a filter transform U (16 or 36, K, C)."""
     return {16: 2, 36: 4}[U.shape[0]]
@@ -1092,7 +1099,7 @@ def correlate(x, U, bias, relu, top, left, out_shape, limit, workspace_bytes=Non
     blocks, starts, scratch = _plan(N, OH, OW, C, K, floats_per_tile, x.dtype, workspace_bytes, tile=tile)
     ok = np.zeros(scratch.shape[0], np.bool_)
     runtime.launch(_correlate_parts_2 if tile == 2 else _correlate_parts_4, x, U, bias, use_bias, relu, y, top, left,
-                   blocks, starts, scratch, limit, F4_BT_INDEX, F4_BT_COEFFICIENT.astype(x.dtype), ok, blas=True)
+                   blocks, starts, scratch, limit, F4_BT_INDEX, _coefficients(x.dtype)[0], ok, blas=True)
     return y if ok.all() else None
 
 
@@ -1114,8 +1121,8 @@ def weight_gradient(dy, x, top, left, limit, workspace_bytes=None, tile=2):
     partials = np.zeros((scratch.shape[0], xis, K, C), x.dtype)
     ok = np.zeros(scratch.shape[0], np.bool_)
     runtime.launch(_weight_gradient_parts_2 if tile == 2 else _weight_gradient_parts_4, dy, x, top, left, blocks,
-                   starts, scratch, partials, limit, F4_BT_INDEX, F4_BT_COEFFICIENT.astype(x.dtype), F4_A_INDEX,
-                   F4_A_COEFFICIENT.astype(x.dtype), ok, blas=True)
+                   starts, scratch, partials, limit, F4_BT_INDEX, _coefficients(x.dtype)[0], F4_A_INDEX,
+                   _coefficients(x.dtype)[1], ok, blas=True)
     if not ok.all():
         return None
     total = np.zeros((xis, K, C), x.dtype)
