@@ -408,6 +408,15 @@ _slots_8x4, _slots_4x4 = _slots_intrinsic(8, 4), _slots_intrinsic(4, 4)
 
 
 @njit(inline="always")
+def _block_canvas(n0, n1, th0, th1, tw0, tw1):
+    """The canvas of the block of images [n0, n1), tile rows [th0, th1), tile columns [tw0, tw1): (nt tile columns,
+    rows, slot = nt + 1 per image row (its tiles and one spare), L = slots per canvas row)."""
+    nt, rows = tw1 - tw0, th1 - th0
+    slot = nt + 1
+    return nt, rows, slot, (n1 - n0) * slot
+
+
+@njit(inline="always")
 def _pack_row_vectors(xs, src, first, W, cs, dst, plane, slot, width, tile, limit):
     """One input row (xs[src:src + tile*slot], its first element at column ``first``) into its ``tile`` canvas rows
     (one per column phase, ``plane`` apart from cs[dst]) by ``_slots_*`` intrinsics of ``width`` (8 or 4) slots,
@@ -447,9 +456,7 @@ def _pack_input_kernel(tile):
         copied is within ``limit`` in magnitude (NaN is not).
         """
         C, H, W = x.shape[1], x.shape[2], x.shape[3]
-        nt, rows = tw1 - tw0, th1 - th0
-        slot = nt + 1
-        L = (n1 - n0) * slot
+        nt, rows, slot, L = _block_canvas(n0, n1, th0, th1, tw0, tw1)
         plane = canvas.shape[2]
         phases = tile * tile
         first = tile * tw0 - left
@@ -731,9 +738,7 @@ def _output_tiles_kernel(tile):
         """y's outputs of the block = relu?(Aᵀ m A + bias) of its tiles (side ``tile``), m from M's n² planes (flat,
         ``plane`` elements apart; tile g of filter k at k*T + g, g = r*L + n*(nt + 1) + j), straight into y."""
         K, OH, OW = y.shape[1], y.shape[2], y.shape[3]
-        nt, rows = tw1 - tw0, th1 - th0
-        slot = nt + 1
-        L = (n1 - n0) * slot
+        nt, rows, slot, L = _block_canvas(n0, n1, th0, th1, tw0, tw1)
         T = rows * L
         full = min(nt, (OW - tile * tw0) // tile)  # tiles whose columns are all inside y
         ragged = OW - tile * (tw0 + full) if full < nt else 0  # columns of the next tile inside y
@@ -775,9 +780,7 @@ def _pack_gradient_kernel(tile):
         ``limit`` in magnitude.
         """
         K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
-        nt, rows = tw1 - tw0, th1 - th0
-        slot = nt + 1
-        L = (n1 - n0) * slot
+        nt, rows, slot, L = _block_canvas(n0, n1, th0, th1, tw0, tw1)
         plane = canvas.shape[1]
         first = tile * tw0
         hi = max(0, min(nt, (OW - first) // tile))  # tiles whose columns are all inside dy
@@ -869,9 +872,7 @@ def _pack_input_t_kernel(tile):
         the weight gradient's GEMM (113 GFLOP/s on that layout, 68 on the transposed view of (C x T)). Returns
         whether every input copied is within ``limit`` in magnitude."""
         C, H, W = x.shape[1], x.shape[2], x.shape[3]
-        nt, rows = tw1 - tw0, th1 - th0
-        slot = nt + 1
-        L = (n1 - n0) * slot
+        nt, rows, slot, L = _block_canvas(n0, n1, th0, th1, tw0, tw1)
         plane = canvas.shape[1]
         first = tile * tw0 - left
         zero = canvas.dtype.type(0)
@@ -926,8 +927,7 @@ _pack_input_t, _pack_input_t_4 = _pack_input_t_kernel(2), _pack_input_t_kernel(4
 
 @njit(inline="always")
 def _layout(block):
-    n0, n1, th0, th1, tw0, tw1 = block[0], block[1], block[2], block[3], block[4], block[5]
-    rows, L = th1 - th0, (n1 - n0) * (tw1 - tw0 + 1)
+    _, rows, _, L = _block_canvas(block[0], block[1], block[2], block[3], block[4], block[5])
     return rows, L, rows * L
 
 
